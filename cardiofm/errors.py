@@ -1,0 +1,64 @@
+"""One error hierarchy for cardiofm; every class carries the process exit code it maps to.
+
+Exit codes follow the step contract: 0 ok, 126 skip (Kaapana treats it as a skipped task), and one
+code per error class so an operator log tells at a glance what kind of failure happened.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_SKIP = 126
+
+
+class CardioFMError(Exception):
+    """Base class of every error cardiofm raises on purpose.
+
+    Messages say what was wrong and what to do about it; they never contain patient data.
+    """
+
+    exit_code: ClassVar[int] = 1
+
+
+class ConfigError(CardioFMError):
+    """A setting, option, form field or config file is missing or invalid."""
+
+    exit_code = 2
+
+
+class InputDataError(CardioFMError):
+    """An input (DICOM series, NIfTI, annotation file, dataset) is unusable."""
+
+    exit_code = 3
+
+
+class LabelError(InputDataError):
+    """An annotation is unusable: unknown id, duplicate point, point outside the image."""
+
+    exit_code = 4
+
+
+class ExternalToolError(CardioFMError):
+    """An external program (dcm2niix, TotalSegmentator, a PACS) failed.
+
+    ``log_tail`` keeps the last lines the tool printed, for the operator log.
+    """
+
+    exit_code = 5
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class MissingResourceError(CardioFMError):
+    """Something that must be provisioned beforehand (model weights, a binary) is absent."""
+
+    exit_code = 6
+
+
+class NothingToDoError(CardioFMError):
+    """Nothing to do for this input; the step is skipped, not failed."""
+
+    exit_code = EXIT_SKIP

@@ -1,0 +1,134 @@
+"""Voxel grids in DICOM patient coordinates, and the one place where LPS and RAS meet.
+
+Conventions used throughout cardiofm:
+
+* World coordinates are DICOM patient coordinates **LPS** in millimetres: +x towards the patient's
+  left, +y posterior, +z superior.
+* A volume array is indexed ``[i, j, k]`` (nibabel order): ``i`` runs along a DICOM row (the column
+  index), ``j`` down the columns (the row index), ``k`` over slices.
+* NIfTI affines are **RAS** (x right-to-left flipped, y flipped). Conversion happens only here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Multiplying an LPS point by this (elementwise) gives RAS, and vice versa.
+_LPS_TO_RAS_SIGNS = np.array([-1.0, -1.0, 1.0])
+LPS_TO_RAS_4X4: FloatArray = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def lps_to_ras(points_mm: npt.ArrayLike) -> FloatArray:
+    """Convert points ``(..., 3)`` from LPS to RAS millimetres (the operation is its own inverse)."""
+    return np.asarray(points_mm, dtype=np.float64) * _LPS_TO_RAS_SIGNS
+
+
+def ras_to_lps(points_mm: npt.ArrayLike) -> FloatArray:
+    """Convert points ``(..., 3)`` from RAS to LPS millimetres."""
+    return np.asarray(points_mm, dtype=np.float64) * _LPS_TO_RAS_SIGNS
+
+
+def as_direction(matrix: npt.ArrayLike) -> tuple[tuple[float, float, float], ...]:
+    """A 3×3 direction matrix (columns = axis unit vectors) as the nested tuple :class:`Grid` stores."""
+    m = np.asarray(matrix, dtype=np.float64).reshape(3, 3)
+    return tuple((float(r[0]), float(r[1]), float(r[2])) for r in m)
+
+
+def as_point(p: npt.ArrayLike) -> tuple[float, float, float]:
+    """A 3-vector as a tuple of floats."""
+    a = np.asarray(p, dtype=np.float64).reshape(3)
+    return (float(a[0]), float(a[1]), float(a[2]))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular 3-D voxel grid placed in LPS world space.
+
+    Attributes
+    ----------
+    shape:
+        ``(ni, nj, nk)`` voxels.
+    spacing_mm:
+        ``(si, sj, sk)`` distance between voxel centres along each axis, mm.
+    origin_lps_mm:
+        LPS position of the centre of voxel ``(0, 0, 0)``, mm.
+    direction:
+        3×3 matrix whose **columns** are the LPS unit vectors of the i, j and k axes.
+    """
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    origin_lps_mm: tuple[float, float, float]
+    direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+    def __post_init__(self) -> None:
+        d = self.direction_matrix
+        if d.shape != (3, 3) or not np.allclose(d.T @ d, np.eye(3), atol=1e-6):
+            raise ValueError("Grid.direction must be an orthonormal 3×3 matrix (columns = axis directions)")
+        if any(s <= 0 for s in self.spacing_mm):
+            raise ValueError(f"Grid.spacing_mm must be positive, got {self.spacing_mm}")
+        if any(n <= 0 for n in self.shape):
+            raise ValueError(f"Grid.shape must be positive, got {self.shape}")
+
+    @property
+    def direction_matrix(self) -> FloatArray:
+        """Direction as a 3×3 array (columns = i, j, k unit vectors in LPS)."""
+        return np.asarray(self.direction, dtype=np.float64)
+
+    @property
+    def affine_lps(self) -> FloatArray:
+        """4×4 matrix mapping voxel index ``(i, j, k, 1)`` to LPS mm."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction_matrix * np.asarray(self.spacing_mm)[None, :]
+        a[:3, 3] = self.origin_lps_mm
+        return a
+
+    @property
+    def affine_ras(self) -> FloatArray:
+        """4×4 NIfTI affine (voxel index to RAS mm) of the same grid."""
+        return LPS_TO_RAS_4X4 @ self.affine_lps
+
+    @classmethod
+    def from_affine_ras(cls, affine_ras: npt.ArrayLike, shape: tuple[int, ...]) -> Grid:
+        """Build a grid from a NIfTI (RAS) affine and a 3-D shape; shear is rejected."""
+        a_lps = LPS_TO_RAS_4X4 @ np.asarray(affine_ras, dtype=np.float64)
+        m = a_lps[:3, :3]
+        spacing = np.linalg.norm(m, axis=0)
+        direction = m / spacing[None, :]
+        return cls(
+            shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+            spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            origin_lps_mm=(float(a_lps[0, 3]), float(a_lps[1, 3]), float(a_lps[2, 3])),
+            direction=as_direction(direction),
+        )
+
+    def index_to_lps(self, ijk: npt.ArrayLike) -> FloatArray:
+        """Map continuous voxel indices ``(..., 3)`` to LPS mm."""
+        idx = np.asarray(ijk, dtype=np.float64)
+        a = self.affine_lps
+        return idx @ a[:3, :3].T + a[:3, 3]
+
+    def lps_to_index(self, points_lps_mm: npt.ArrayLike) -> FloatArray:
+        """Map LPS points ``(..., 3)`` to continuous voxel indices (may lie outside the grid)."""
+        p = np.asarray(points_lps_mm, dtype=np.float64)
+        a = self.affine_lps
+        inv = np.linalg.inv(a[:3, :3])
+        return (p - a[:3, 3]) @ inv.T
+
+    def contains_index(self, ijk: npt.ArrayLike, margin: float = 0.0) -> bool:
+        """True if continuous indices lie within ``[-0.5 + margin, n - 0.5 - margin]`` on every axis."""
+        idx = np.asarray(ijk, dtype=np.float64)
+        lo = -0.5 + margin
+        hi = np.asarray(self.shape, dtype=np.float64) - 0.5 - margin
+        return bool(np.all((idx >= lo) & (idx <= hi)))
+
+    def corners_lps(self) -> FloatArray:
+        """LPS positions of the 8 corner voxel centres, shape ``(8, 3)``."""
+        ni, nj, nk = (n - 1 for n in self.shape)
+        corners = np.array([[i, j, k] for i in (0, ni) for j in (0, nj) for k in (0, nk)], dtype=np.float64)
+        return self.index_to_lps(corners)

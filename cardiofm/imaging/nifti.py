@@ -1,0 +1,40 @@
+"""NIfTI read/write bound to :class:`~cardiofm.imaging.geometry.Grid` (RAS affines handled by the grid)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+
+from cardiofm.errors import InputDataError
+from cardiofm.imaging.geometry import Grid
+
+
+def save_nifti(path: Path, array: npt.NDArray[np.generic], grid: Grid) -> Path:
+    """Write ``array`` (indexed ``[i, j, k]``, shape ``grid.shape``) with the grid's RAS affine."""
+    if tuple(array.shape) != tuple(grid.shape):
+        raise InputDataError(f"array shape {array.shape} does not match grid shape {grid.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array), grid.affine_ras)
+    img.set_qform(grid.affine_ras, code=1)
+    img.set_sform(grid.affine_ras, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return path
+
+
+def load_nifti(path: Path) -> tuple[npt.NDArray[np.generic], Grid]:
+    """Read a 3-D NIfTI as (array indexed ``[i, j, k]``, grid); 4-D or unreadable files raise InputDataError."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)  # type: ignore[attr-defined]
+        affine = img.affine  # type: ignore[attr-defined]
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputDataError(f"cannot read NIfTI file {path.name}: {exc}") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputDataError(f"{path.name} has {data.ndim} dimensions; expected a 3-D volume")
+    return data, Grid.from_affine_ras(affine, data.shape)
