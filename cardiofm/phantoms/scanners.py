@@ -237,6 +237,18 @@ def _axial_grid(
     )
 
 
+def _inconsistent(text: str, rng: np.random.Generator) -> str:
+    """Per-study variation of a description, as technologists type them: case, separators, spacing."""
+    roll = rng.random()
+    if roll < 0.2:
+        text = text.upper()
+    elif roll < 0.3:
+        text = text.replace(" ", "_")
+    elif roll < 0.4:
+        text = f" {text}  "
+    return text
+
+
 def plan_series(
     kind: SeriesKind, profile: ScannerProfile, size: StudySize, recon_centre: np.ndarray, rng: np.random.Generator
 ) -> SeriesPlan:
@@ -297,6 +309,6 @@ def plan_series(
             as_direction(direction),
         )
         thk = 2.0
-    text = desc.format(phase=phase if phase is not None else "", thk=f"{thk:.1f}", kernel=kernel)
+    text = _inconsistent(desc.format(phase=phase if phase is not None else "", thk=f"{thk:.1f}", kernel=kernel), rng)
     noise = profile.noise_hu * (1.6 if kind == "calcium-score" else 0.6 if kind == "thick" else 1.0)
     return SeriesPlan(kind, grid, thk, contrast, phase, image_type, text, kernel, float(noise * rng.uniform(0.9, 1.1)))

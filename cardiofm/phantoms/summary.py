@@ -8,6 +8,12 @@ from cardiofm.constants import TASKS
 from cardiofm.contracts.federation import FederationRecord
 
 
+def _vendor(manufacturer: str) -> str:
+    """Short vendor name: first word, title-cased unless it is an acronym (GE)."""
+    word = manufacturer.split()[0] if manufacturer.split() else "?"
+    return word.title() if word.isupper() and len(word) > 3 else word
+
+
 def summary_rows(record: FederationRecord) -> list[dict[str, object]]:
     """One dict per site: profile, role, studies, series and labelled cases per task."""
     rows: list[dict[str, object]] = []
@@ -16,7 +22,7 @@ def summary_rows(record: FederationRecord) -> list[dict[str, object]]:
         row: dict[str, object] = {
             "site": site.site_id,
             "role": "held-out" if site.held_out else "train",
-            "scanner": f"{str(prof['manufacturer']).split()[0].title()} {prof['model']}",
+            "scanner": f"{_vendor(str(prof['manufacturer']))} {prof['model']}",
             "spacing_mm": f"{float(str(prof['fov_mm'])) / int(record.size['matrix']):.2f}",
             "orientation": prof["orientation"],
             "studies": len(site.studies),
