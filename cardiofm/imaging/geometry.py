@@ -21,6 +21,8 @@ FloatArray = npt.NDArray[np.float64]
 #: Multiplying an LPS point by this (elementwise) gives RAS, and vice versa.
 _LPS_TO_RAS_SIGNS = np.array([-1.0, -1.0, 1.0])
 LPS_TO_RAS_4X4: FloatArray = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Largest |cos| between two voxel axes accepted as round-off rather than shear.
+_SHEAR_COS = 1e-4
 
 
 def lps_to_ras(points_mm: npt.ArrayLike) -> FloatArray:
@@ -95,16 +97,30 @@ class Grid:
 
     @classmethod
     def from_affine_ras(cls, affine_ras: npt.ArrayLike, shape: tuple[int, ...]) -> Grid:
-        """Build a grid from a NIfTI (RAS) affine and a 3-D shape; shear is rejected."""
-        a_lps = LPS_TO_RAS_4X4 @ np.asarray(affine_ras, dtype=np.float64)
+        """Build a grid from a NIfTI (RAS) affine and a 3-D shape.
+
+        Float32 round-off in the directions is orthonormalised away; a non-finite affine, a zero
+        spacing or real shear (axes more than ~0.006° off perpendicular) raise ``ValueError``.
+        """
+        a = np.asarray(affine_ras, dtype=np.float64)
+        if a.shape != (4, 4) or not bool(np.isfinite(a).all()):
+            raise ValueError("non-finite or malformed affine (expected a finite 4×4 matrix)")
+        a_lps = LPS_TO_RAS_4X4 @ a
         m = a_lps[:3, :3]
         spacing = np.linalg.norm(m, axis=0)
-        direction = m / spacing[None, :]
+        if float(spacing.min()) <= 1e-6:
+            raise ValueError(f"zero voxel spacing {tuple(round(float(v), 6) for v in spacing)} mm")
+        unit = m / spacing[None, :]
+        off = float(np.abs(unit.T @ unit - np.eye(3)).max())
+        if off > _SHEAR_COS:
+            angle = 90.0 - float(np.degrees(np.arccos(min(1.0, off))))
+            raise ValueError(f"sheared affine: voxel axes {angle:.2f} degrees off perpendicular")
+        u, _, vt = np.linalg.svd(unit)
         return cls(
             shape=(int(shape[0]), int(shape[1]), int(shape[2])),
             spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-            origin_lps_mm=(float(a_lps[0, 3]), float(a_lps[1, 3]), float(a_lps[2, 3])),
-            direction=as_direction(direction),
+            origin_lps_mm=as_point(a_lps[:3, 3]),
+            direction=as_direction(u @ vt),
         )
 
     def index_to_lps(self, ijk: npt.ArrayLike) -> FloatArray:

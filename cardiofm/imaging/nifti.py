@@ -31,10 +31,15 @@ def load_nifti(path: Path) -> tuple[npt.NDArray[np.generic], Grid]:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)  # type: ignore[attr-defined]
         affine = img.affine  # type: ignore[attr-defined]
-    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise InputDataError(f"cannot read NIfTI file {path.name}: {exc}") from exc
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputDataError(
+            f"cannot read NIfTI file {path.name} ({type(exc).__name__}); check that it is a complete .nii/.nii.gz"
+        ) from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputDataError(f"{path.name} has {data.ndim} dimensions; expected a 3-D volume")
-    return data, Grid.from_affine_ras(affine, data.shape)
+    try:
+        return data, Grid.from_affine_ras(affine, data.shape)
+    except ValueError as exc:
+        raise InputDataError(f"{path.name} has a {exc}") from exc

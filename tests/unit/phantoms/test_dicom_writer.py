@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -147,14 +145,6 @@ def _grid(
     return Grid(shape=shape, spacing_mm=spacing, origin_lps_mm=(-31.5, 12.25, -140.0), direction=direction)
 
 
-def _dcm2niix() -> str | None:
-    found = shutil.which("dcm2niix")
-    if found:
-        return found
-    venv_bin = Path(sys.executable).parent / "dcm2niix"
-    return str(venv_bin) if venv_bin.is_file() else None
-
-
 # --- tags, determinism, HU storage -----------------------------------------------------------------------
 
 
@@ -290,10 +280,8 @@ ROUND_TRIP_CASES: dict[str, tuple[tuple[int, int, int], tuple[float, float, floa
 
 
 @pytest.mark.parametrize("case", list(ROUND_TRIP_CASES))
-def test_dcm2niix_round_trip(tmp_path: Path, case: str) -> None:
-    exe = _dcm2niix()
-    if exe is None:
-        pytest.skip("dcm2niix binary not found on PATH or next to the Python interpreter (pip install dcm2niix)")
+def test_dcm2niix_round_trip(tmp_path: Path, case: str, dcm2niix_exe: str) -> None:
+    exe = dcm2niix_exe
     grid = _grid(*ROUND_TRIP_CASES[case])
     vol = _volume(grid.shape, seed=3)
     write_ct_series(vol, grid, PATIENT, STUDY, SERIES, tmp_path / "dcm")

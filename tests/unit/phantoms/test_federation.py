@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,14 +116,6 @@ def _studies(fed: Federation) -> Iterator[tuple[SiteRecord, StudyRecord]]:
 def _expected_landmarks(study: StudyRecord) -> list[str]:
     names = {n for t in study.tasks_labelled for n in TASK_LANDMARKS.get(t, ())}
     return [n for n in LANDMARK_NAMES if n in names]
-
-
-def _dcm2niix() -> str | None:
-    found = shutil.which("dcm2niix")
-    if found:
-        return found
-    venv_bin = Path(sys.executable).parent / "dcm2niix"
-    return str(venv_bin) if venv_bin.is_file() else None
 
 
 # --- federation.json and tasks ------------------------------------------------------------------------------
@@ -464,10 +455,10 @@ def _integer_map(affine: npt.NDArray[np.float64], grid: Grid, shape: tuple[int, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("site_id", SITE_IDS)
-def test_dcm2niix_reads_correct_series_onto_ground_truth(fed: Federation, site_id: str, tmp_path: Path) -> None:
-    exe = _dcm2niix()
-    if exe is None:
-        pytest.skip("dcm2niix binary not found on PATH or next to the Python interpreter")
+def test_dcm2niix_reads_correct_series_onto_ground_truth(
+    fed: Federation, site_id: str, tmp_path: Path, dcm2niix_exe: str
+) -> None:
+    exe = dcm2niix_exe
     study = fed.site(site_id).studies[0]
     files = fed.series(site_id, str(study.correct_series_uid))
     series_dir = tmp_path / "series"
