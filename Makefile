@@ -8,6 +8,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SEG_VENV := .venvs/segmenter
+SEG_STAMP := $(SEG_VENV)/.installed
+# Debian packages the tests rely on: Orthanc (a real PACS, DICOMweb and DIMSE) for integration tests.
+APT_PACKAGES := orthanc orthanc-dicomweb
+APT_STAMP := .venvs/.apt-installed
 SEED ?= 0
 SITES ?= 3
 CASES ?= 6
@@ -15,7 +20,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup demo test lint typecheck unit bench clean
+.PHONY: help setup deps segmenter demo test lint typecheck unit bench clean
 
 help:
 	@echo "make demo   - generate a synthetic federation and print its summary (SEED=, SITES=, CASES=)"
@@ -33,6 +38,29 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The segmenter image profile: TotalSegmentator in its own environment (its dependencies must not
+# enter .venv). torch is pinned inside requirements/segmenter.txt.
+$(SEG_STAMP): requirements/segmenter.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(SEG_VENV)/bin/python || $(PYTHON) -m venv $(SEG_VENV)
+	$(SEG_VENV)/bin/python -m pip install --quiet -r requirements/segmenter.txt
+	$(SEG_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+segmenter: $(SEG_STAMP)
+
+# Debian packages, installed only when missing (needs root or sudo, as on CI).
+$(APT_STAMP):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian packages: $$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p $(dir $@) && touch $@
+
+deps: $(APT_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/cardiofm demo --out demo-output --seed $(SEED) --sites $(SITES) --cases $(CASES)
 
@@ -43,13 +71,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(SEG_STAMP) $(APT_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/phantoms.py
+	$(BIN)/python bench/prepare.py small 4
+	$(BIN)/python bench/prepare.py full 2
 
 clean:
 	rm -rf $(VENV) .venvs demo-output .mypy_cache .ruff_cache .pytest_cache

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from cardiofm import __version__
-from cardiofm.cli import demo, phantoms
+from cardiofm.cli import demo, phantoms, prepare, step
 from cardiofm.errors import CardioFMError
 
 app = typer.Typer(
@@ -19,6 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(phantoms.app, name="phantoms")
+app.add_typer(step.app, name="step")
+app.command("prepare")(prepare.prepare)
 app.command("demo")(demo.demo)
 
 

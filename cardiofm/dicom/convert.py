@@ -1,4 +1,4 @@
-"""Step ``convert``: one DICOM CT series to a NIfTI volume (int16 HU) and a privacy-filtered JSON sidecar.
+"""Step ``convert``: one DICOM CT series to an integer-HU NIfTI volume and a privacy-filtered JSON sidecar.
 
 The series geometry is validated from the headers first (:mod:`cardiofm.dicom.geometry_checks`), so
 a broken series fails with a clear :class:`~cardiofm.errors.InputDataError` before any conversion.
@@ -84,7 +84,7 @@ class ConversionResult:
     Attributes
     ----------
     nifti_path, sidecar_path:
-        ``out_dir/<name>.nii.gz`` (int16 HU) and ``out_dir/<name>.json``.
+        ``out_dir/<name>.nii.gz`` (integer voxels whose NIfTI scaling gives HU) and ``out_dir/<name>.json``.
     grid:
         Grid of the written NIfTI (array layout as dcm2niix wrote it).
     shape, spacing_mm:
@@ -272,14 +272,24 @@ def _stage_inputs(files: Sequence[Path], in_dir: Path) -> None:
 
 
 def _write_outputs(
-    out_dir: Path, name: str, data: npt.NDArray[np.int16], grid: Grid, sidecar: dict[str, Any]
+    out_dir: Path,
+    name: str,
+    data: npt.NDArray[np.int16] | Path,
+    grid: Grid,
+    sidecar: dict[str, Any],
 ) -> tuple[Path, Path]:
-    """Write both outputs under temporary names, then move them into place."""
+    """Write both outputs under temporary names, then move them into place.
+
+    ``data`` is either the voxels to save or a ready ``.nii.gz`` (dcm2niix's own integer output) to copy.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     nifti, side = out_dir / f"{name}.nii.gz", out_dir / f"{name}.json"
     part_nifti, part_side = out_dir / f".{name}.part.nii.gz", out_dir / f".{name}.json.part"
     try:
-        save_nifti(part_nifti, data, grid)
+        if isinstance(data, Path):
+            shutil.copyfile(data, part_nifti)
+        else:
+            save_nifti(part_nifti, data, grid)
         part_side.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(part_nifti, nifti)
         os.replace(part_side, side)
@@ -292,7 +302,7 @@ def _write_outputs(
 def convert_series(
     files: Sequence[Path], out_dir: Path, *, name: str = "image", timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> ConversionResult:
-    """Convert one single-frame DICOM CT series to ``out_dir/<name>.nii.gz`` (int16 HU) and ``<name>.json``.
+    """Convert one single-frame DICOM CT series to ``out_dir/<name>.nii.gz`` (integer HU) and ``<name>.json``.
 
     Parameters
     ----------
@@ -346,9 +356,13 @@ def convert_series(
         version = version or _version_from_json(tool_out / f"{name}.json")
         img, grid = _load_checked(produced[0])
         check_grids_agree(expected, grid, _tail(log))
-        data = _hu_int16(img, grid.shape, produced[0].name)
-    sidecar = build_sidecar(ordered[0].dataset, expected, version or "unknown")
-    nifti, side = _write_outputs(Path(out_dir), name, data, grid, sidecar)
+        # dcm2niix's integer output (stored values + scl_slope/scl_inter = HU) cannot hold NaN and is
+        # kept as written; anything else is checked voxel by voxel and rewritten as int16 HU
+        stored = img.get_data_dtype()  # type: ignore[no-untyped-call]
+        integer = np.issubdtype(stored, np.integer) and produced[0].name.endswith(".nii.gz")
+        data = produced[0] if integer else _hu_int16(img, grid.shape, produced[0].name)
+        sidecar = build_sidecar(ordered[0].dataset, expected, version or "unknown")
+        nifti, side = _write_outputs(Path(out_dir), name, data, grid, sidecar)
     orientation = "".join(nib.aff2axcodes(grid.affine_ras))  # type: ignore[no-untyped-call]
     seconds = time.perf_counter() - start
     logger.info(

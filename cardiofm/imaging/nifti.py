@@ -43,3 +43,21 @@ def load_nifti(path: Path) -> tuple[npt.NDArray[np.generic], Grid]:
         return data, Grid.from_affine_ras(affine, data.shape)
     except ValueError as exc:
         raise InputDataError(f"{path.name} has a {exc}") from exc
+
+
+def read_grid(path: Path) -> Grid:
+    """The grid of a NIfTI file from its header alone (no voxel data is read)."""
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)  # type: ignore[attr-defined]
+        affine = img.affine  # type: ignore[attr-defined]
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputDataError(f"cannot read NIfTI header of {path.name} ({type(exc).__name__})") from exc
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputDataError(f"{path.name} has {len(shape)} dimensions; expected a 3-D volume")
+    try:
+        return Grid.from_affine_ras(affine, shape)
+    except ValueError as exc:
+        raise InputDataError(f"{path.name} has a {exc}") from exc

@@ -26,7 +26,6 @@ Point3 = tuple[float, float, float]
 BBoxLps = tuple[Point3, Point3]
 
 #: Output voxels interpolated per call of map_coordinates (bounds the coordinate array's memory).
-_SLAB_VOXELS = 2_000_000
 #: Tolerance when turning an extent into a voxel count (avoids an extra voxel from rounding noise).
 _EPS = 1e-6
 
@@ -102,36 +101,34 @@ def resample_onto(
     fill_value: float,
     dtype: npt.DTypeLike | None = None,
 ) -> npt.NDArray[np.generic]:
-    """Sample ``array`` (on ``grid``) at the voxel centres of ``target``, which must share its direction.
+    """Sample ``array`` (on ``grid``) at the voxel centres of ``target`` (any direction and spacing).
 
-    Interpolation is :func:`scipy.ndimage.map_coordinates` with ``mode="constant"``: output voxels
-    outside the input's field get exactly ``fill_value``. The output is built in slabs of ``k`` slices.
+    Interpolation is :func:`scipy.ndimage.affine_transform` with ``mode="constant"``: output voxels
+    outside the input's field get exactly ``fill_value``; no coordinate array is built.
     ``dtype`` defaults to float32 for ``order >= 1`` and to the input's dtype for ``order == 0``.
     """
     if tuple(array.shape) != grid.shape:
         raise ValueError(f"array shape {array.shape} does not match grid shape {grid.shape}")
     if order not in (0, 1, 2, 3):
         raise ValueError(f"order must be 0..3, got {order}")
-    if not np.allclose(grid.direction_matrix, target.direction_matrix, atol=1e-6):
-        raise ValueError("resample_onto needs a target grid with the input grid's direction")
     out_dtype = np.dtype(dtype) if dtype is not None else (array.dtype if order == 0 else np.dtype(np.float32))
-    # per-axis affine map: source index = offset + scale * target index (same direction on both grids)
+    # source index = m @ target index + offset: one affine map (diagonal when both grids share a direction)
+    m = np.linalg.inv(grid.affine_lps)[:3, :3] @ target.affine_lps[:3, :3]
     offset = grid.lps_to_index(np.asarray(target.origin_lps_mm))
-    scale = np.asarray(target.spacing_mm) / np.asarray(grid.spacing_mm)
-    axes_idx = [offset[a] + scale[a] * np.arange(target.shape[a], dtype=np.float64) for a in range(3)]
-    out = np.empty(target.shape, dtype=out_dtype)
-    ni, nj, nk = target.shape
-    slab = max(1, _SLAB_VOXELS // (ni * nj))
     src = array if array.dtype != np.bool_ else array.astype(np.uint8)
-    for k0 in range(0, nk, slab):
-        k1 = min(nk, k0 + slab)
-        coords = np.empty((3, ni, nj, k1 - k0), dtype=np.float64)
-        coords[0] = axes_idx[0][:, None, None]
-        coords[1] = axes_idx[1][None, :, None]
-        coords[2] = axes_idx[2][None, None, k0:k1]
-        ndimage.map_coordinates(
-            src, coords, output=out[:, :, k0:k1], order=order, mode="constant", cval=fill_value, prefilter=order > 1
-        )
+    diagonal = bool(np.allclose(m, np.diag(np.diag(m)), atol=1e-12))
+    out = np.empty(target.shape, dtype=out_dtype)
+    ndimage.affine_transform(
+        src,
+        np.diag(m) if diagonal else m,
+        offset=offset,
+        output_shape=target.shape,
+        output=out,
+        order=order,
+        mode="constant",
+        cval=fill_value,
+        prefilter=order > 1,
+    )
     logger.debug("resampled %s -> %s (order %d)", grid.shape, target.shape, order)
     return out
 

@@ -254,7 +254,7 @@ def plan_series(
 ) -> SeriesPlan:
     """Geometry and tags of one series of ``kind`` for a study centred at ``recon_centre`` (LPS mm)."""
     base_k = profile.coverage_mm / size.slices
-    thk_main = round(base_k * 1.25, 2)
+    thk_main = round(base_k * 1.1, 2)  # reconstructions overlap slightly: thickness ≥ spacing
     fov = profile.fov_mm
     desc = profile.descriptions[kind]
     phase: int | None = profile.preferred_phase_percent

@@ -1,0 +1,1 @@
+"""Step runner and pipelines: Kaapana environment → typed params → domain functions per case."""

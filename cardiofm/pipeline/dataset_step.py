@@ -1,0 +1,97 @@
+"""``build-dataset``: collect prepared cases into a site dataset (``manifest.json`` + ``cases/``).
+
+The train/test split is seeded and frozen: a case keeps the split it was given when it first
+entered the manifest, and a new case's split depends only on the seed and its id, so adding cases
+never reshuffles earlier ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from cardiofm import __version__
+from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.contracts.dataset import CaseRecord, DatasetManifest, ManifestCase, SourceRef
+from cardiofm.contracts.kaapana import KaapanaContext
+from cardiofm.contracts.steps import BuildDatasetParams
+from cardiofm.imaging.nifti import read_grid
+from cardiofm.labels.formats import read_landmarks_json
+from cardiofm.pipeline.case_steps import STUDY_FILE
+from cardiofm.pipeline.runner import StepSummary, read_case_record, run_batch
+
+MANIFEST = "manifest.json"
+
+
+def split_of(case_id: str, seed: int, test_fraction: float) -> Literal["train", "test"]:
+    """Deterministic split from a hash of (seed, case id)."""
+    h = int(hashlib.sha256(f"{seed}:{case_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test_fraction else "train"
+
+
+def _tasks(landmarks: list[str], has_calcification: bool) -> list[str]:
+    tasks = [t for t, names in TASK_LANDMARKS.items() if all(n in landmarks for n in names)]
+    return tasks + (["calcification"] if has_calcification else [])
+
+
+def _copy_case(in_dir: Path, dest: Path, record: CaseRecord) -> ManifestCase:
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "labels").mkdir(parents=True)
+    for name in ("image.nii.gz", "heart.nii.gz"):
+        shutil.copyfile(in_dir / name, dest / name)
+    landmarks: list[str] = []
+    if (in_dir / "labels" / "landmarks.json").is_file():
+        shutil.copyfile(in_dir / "labels" / "landmarks.json", dest / "labels" / "landmarks.json")
+        landmarks = list(read_landmarks_json(dest / "labels" / "landmarks.json"))
+    has_calc = (in_dir / "labels" / "calcification.nii.gz").is_file()
+    if has_calc:
+        shutil.copyfile(in_dir / "labels" / "calcification.nii.gz", dest / "labels" / "calcification.nii.gz")
+    problems_file = in_dir / "labels" / "problems.json"
+    record.label_problems = json.loads(problems_file.read_text()) if problems_file.is_file() else []
+    (dest / "case.json").write_text(record.model_dump_json(indent=2))
+    study = json.loads((in_dir / STUDY_FILE).read_text())
+    grid = read_grid(dest / "image.nii.gz")
+    return ManifestCase(
+        case_id=record.case_id,
+        split="train",
+        tasks=_tasks(landmarks, has_calc),
+        landmarks=landmarks,
+        source=SourceRef(study_uid=study["study_uid"], series_uid=study["series_uid"]),
+        shape=grid.shape,
+        spacing_mm=grid.spacing_mm,
+    )
+
+
+def build_dataset(ctx: KaapanaContext, params: BuildDatasetParams) -> tuple[StepSummary, DatasetManifest]:
+    """Copy every case of the batch into ``params.dataset_dir`` and write the manifest."""
+    root = Path(params.dataset_dir)
+    previous: dict[str, str] = {}
+    if (root / MANIFEST).is_file():
+        old = DatasetManifest.model_validate_json((root / MANIFEST).read_text())
+        previous = {c.case_id: c.split for c in old.cases}
+    entries: dict[str, ManifestCase] = {}
+
+    def work(in_dir: Path, out_dir: Path, p: BuildDatasetParams) -> list[str]:
+        case_dir = in_dir.parent
+        record = read_case_record(case_dir)
+        entry = _copy_case(in_dir, root / "cases" / case_dir.name, record)
+        split = previous.get(entry.case_id) or split_of(entry.case_id, p.split_seed, p.test_fraction)
+        entries[entry.case_id] = entry.model_copy(update={"split": split})
+        (out_dir / "done").write_text(entry.case_id)
+        return [f"{split} case with tasks {entry.tasks or 'none'}"]
+
+    summary = run_batch(ctx, params, work)
+    manifest = DatasetManifest(
+        site_id=params.site_id,
+        created_with=f"cardiofm {__version__}",
+        split_seed=params.split_seed,
+        test_fraction=params.test_fraction,
+        cases=[entries[k] for k in sorted(entries)],
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    return summary, manifest

@@ -1,0 +1,126 @@
+"""``import-labels``: a site's annotations → canonical landmarks (LPS mm) and masks on the crop grid.
+
+Every problem (unknown id, duplicate, undefined position, point outside the crop, unreadable mask)
+is reported in ``labels/problems.json`` and the case's provenance; nothing is dropped silently. A
+case without annotations is not an error: it becomes an unlabelled case for pseudo-labelling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from cardiofm.contracts.site import LandmarkAnnotations, SiteConfig
+from cardiofm.contracts.steps import ImportLabelsParams
+from cardiofm.errors import CardioFMError, InputDataError
+from cardiofm.imaging.geometry import Grid
+from cardiofm.imaging.nifti import load_nifti, read_grid, save_nifti
+from cardiofm.imaging.resample import resample_onto
+from cardiofm.labels.formats import (
+    ImportResult,
+    RawPoint,
+    apply_label_map,
+    read_csv,
+    read_mps,
+    read_mrk_json,
+    write_landmarks_json,
+)
+from cardiofm.labels.labelmap import LabelMap
+from cardiofm.pipeline.case_steps import STUDY_FILE, load_site_config
+
+logger = logging.getLogger(__name__)
+
+Point3 = tuple[float, float, float]
+#: Files of the crop step carried into this step's output (so build-dataset reads one folder).
+CARRIED = ("image.nii.gz", "heart.nii.gz", "crop.json", STUDY_FILE)
+
+
+def _match_key(site: SiteConfig, study: dict[str, object]) -> str:
+    match = study.get("match", {})
+    key = str(match.get(site.annotations.match_by, "")) if isinstance(match, dict) else ""
+    if not key:
+        raise InputDataError(f"the study has no {site.annotations.match_by}; the site matches annotations by it")
+    return key
+
+
+def _raw_points(spec: LandmarkAnnotations, site_dir: Path, key: str) -> list[RawPoint] | None:
+    """The study's raw annotation points, or None when the site has none for it."""
+    if spec.format == "csv":
+        table = site_dir / spec.path
+        if not table.is_file():
+            return None
+        if spec.csv is None:
+            raise InputDataError("the site's CSV landmark source has no csv layout in site.yaml")
+        rows = read_csv(table, spec.csv)
+        return rows.get(key)
+    path = site_dir / spec.path / spec.file_pattern.format(key=key)
+    if not path.is_file():
+        return None
+    return read_mps(path) if spec.format == "mps" else read_mrk_json(path)
+
+
+def _inside(points: dict[str, Point3], grid: Grid) -> tuple[dict[str, Point3], list[str]]:
+    kept: dict[str, Point3] = {}
+    problems: list[str] = []
+    for name, xyz in points.items():
+        if grid.contains_index(grid.lps_to_index(xyz)):
+            kept[name] = xyz
+        else:
+            problems.append(f"{name}: lies outside the heart crop; check the annotation or the crop margin")
+    return kept, problems
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) -> list[str]:
+    """Import the case's landmarks and calcification mask onto the crop grid."""
+    site = load_site_config(Path(params.site_config))
+    site_dir = Path(params.site_dir) if params.site_dir else Path(params.site_config).parent
+    study = json.loads((in_dir / STUDY_FILE).read_text())
+    crop_grid = read_grid(in_dir / "image.nii.gz")
+    for name in CARRIED:
+        if (in_dir / name).is_file():
+            _link_or_copy(in_dir / name, out_dir / name)
+    labels = out_dir / "labels"
+    labels.mkdir()
+    problems: list[str] = []
+    notes: list[str] = []
+    key = _match_key(site, study)
+    spec = site.annotations.landmarks
+    if spec is not None:
+        try:
+            raw = _raw_points(spec, site_dir, key)
+        except CardioFMError as exc:
+            raw, problems = None, [f"landmark file unusable: {exc}"]
+        if raw is not None:
+            result: ImportResult = apply_label_map(raw, LabelMap(aliases=spec.label_map))
+            problems += [p.message for p in result.problems]
+            kept, outside = _inside(result.points, crop_grid)
+            problems += outside
+            write_landmarks_json(labels / "landmarks.json", kept)
+            notes.append(f"{len(kept)} landmark(s) imported")
+    calc = site.annotations.calcification
+    if calc is not None:
+        path = site_dir / calc.path / calc.file_pattern.format(key=key)
+        if path.is_file():
+            try:
+                mask, grid = load_nifti(path)
+                on_crop = resample_onto((np.asarray(mask) > 0).astype(np.uint8), grid, crop_grid, order=0, fill_value=0)
+                save_nifti(labels / "calcification.nii.gz", on_crop.astype(np.uint8), crop_grid)
+                notes.append(f"calcification mask imported ({int(on_crop.sum())} voxels on the crop)")
+            except CardioFMError as exc:
+                problems.append(f"calcification mask unusable: {exc}")
+    if problems:
+        (labels / "problems.json").write_text(json.dumps(problems, indent=2))
+        logger.warning("import-labels: %d annotation problem(s) in case %s", len(problems), in_dir.parent.name)
+    return notes + [f"label problem: {p}" for p in problems]

@@ -1,0 +1,289 @@
+"""Step parameters and Kaapana's environment contract: round trips, Kaapana-style values, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import Field, ValidationError
+
+from cardiofm.contracts.kaapana import KaapanaContext
+from cardiofm.contracts.selection import SeriesRules
+from cardiofm.contracts.steps import (
+    STEPS,
+    BuildDatasetParams,
+    ConvertParams,
+    CropHeartParams,
+    ImportLabelsParams,
+    SelectSeriesParams,
+    StepParams,
+)
+from cardiofm.errors import ConfigError
+
+#: One instance per step with every field away from its default (where it has one).
+NON_DEFAULT: dict[str, StepParams] = {
+    "select-series": SelectSeriesParams(
+        site_config="/site/site.yaml",
+        rules=SeriesRules(
+            min_slices=20,
+            require_axial=False,
+            require_image_type=("ORIGINAL",),
+            description_exclude=["score", "^mip"],
+            kernels_preferred=["Bv36", "I26f"],
+            prefer=["most_slices", "thinnest"],
+            max_slice_thickness_mm=None,
+            preferred_phase_percent=75,
+        ),
+    ),
+    "convert": ConvertParams(name="ct_1", timeout_s=12.5),
+    "crop-heart": CropHeartParams(
+        segmenter="totalsegmentator",
+        margin_mm=7.5,
+        spacing_mm=1.5,
+        segmenter_python="/opt/ts/bin/python",
+        device="cuda",
+        timeout_s=99.0,
+    ),
+    "import-labels": ImportLabelsParams(site_config="/site/site.yaml", site_dir="/site"),
+    "build-dataset": BuildDatasetParams(dataset_dir="/data/ds", site_id="site-07", test_fraction=0.5, split_seed=3),
+}
+
+#: The smallest valid environment of each step (its required fields only).
+REQUIRED_ENV: dict[str, dict[str, str]] = {
+    "select-series": {},
+    "convert": {},
+    "crop-heart": {},
+    "import-labels": {"SITE_CONFIG": "/site/site.yaml"},
+    "build-dataset": {"DATASET_DIR": "/data/ds"},
+}
+
+
+def test_every_step_has_a_non_default_example() -> None:
+    assert set(NON_DEFAULT) == set(STEPS)
+    for step, params in NON_DEFAULT.items():
+        assert type(params) is STEPS[step]
+        assert params.step == step
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_round_trip_through_env(step: str) -> None:
+    params = NON_DEFAULT[step]
+    env = params.to_env()
+    assert all(isinstance(k, str) and k.isupper() and isinstance(v, str) for k, v in env.items())
+    assert set(env) == {name.upper() for name in type(params).model_fields}
+    assert STEPS[step].from_env(env) == params
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_defaults_round_trip_and_unset_vars_keep_defaults(step: str) -> None:
+    cls = STEPS[step]
+    params = cls.from_env(REQUIRED_ENV[step])
+    assert cls.from_env(params.to_env()) == params
+    # a container environment holds much more than the step's variables; those are not parameters
+    noisy = {**REQUIRED_ENV[step], "PATH": "/usr/bin", "HOME": "/root", "WORKFLOW_DIR": "/data"}
+    assert cls.from_env(noisy) == params
+
+
+def test_none_is_written_as_empty_and_read_back() -> None:
+    env = SelectSeriesParams().to_env()
+    assert env["SITE_CONFIG"] == ""
+    assert SelectSeriesParams.from_env(env).site_config is None
+
+
+@pytest.mark.parametrize("text", ["", "None", "null", "  "], ids=["empty", "None", "null", "blank"])
+def test_kaapana_none_values(text: str) -> None:
+    params = CropHeartParams.from_env({"SEGMENTER_PYTHON": text})
+    assert params.segmenter_python is None
+    assert ImportLabelsParams.from_env({"SITE_CONFIG": "/s.yaml", "SITE_DIR": text}).site_dir is None
+
+
+def test_rules_as_python_repr_dict() -> None:
+    """Kaapana passes UI-form values as ``str(value)``: a dict arrives as its Python repr."""
+    value: dict[str, Any] = {
+        "min_slices": 24,
+        "require_axial": False,
+        "description_exclude": ["score", "mip"],
+        "require_image_type": ("ORIGINAL", "PRIMARY"),
+        "max_slice_thickness_mm": None,
+        "contrast": "any",
+    }
+    text = str(value)
+    assert "'" in text
+    assert "False" in text
+    assert "None" in text
+    rules = SelectSeriesParams.from_env({"RULES": text}).rules
+    assert rules.min_slices == 24
+    assert rules.require_axial is False
+    assert rules.description_exclude == ["score", "mip"]
+    assert rules.require_image_type == ("ORIGINAL", "PRIMARY")
+    assert rules.max_slice_thickness_mm is None
+    assert rules.contrast == "any"
+
+
+def test_rules_as_json_and_as_python_repr_agree() -> None:
+    rules = NON_DEFAULT["select-series"].rules  # type: ignore[attr-defined]
+    as_json = SelectSeriesParams.from_env({"RULES": SelectSeriesParams(rules=rules).to_env()["RULES"]})
+    as_repr = SelectSeriesParams.from_env({"RULES": str(rules.model_dump())})
+    assert as_json.rules == as_repr.rules == rules
+
+
+class _FlagParams(StepParams):
+    """A step with the field types Kaapana forms produce (booleans, lists, optional numbers)."""
+
+    step = "flags"
+    enabled: bool = False
+    names: list[str] = Field(default_factory=list)
+    limit: float | None = None
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ENABLED": "True"}, {"enabled": True}),
+        ({"ENABLED": "False"}, {"enabled": False}),
+        ({"ENABLED": "true"}, {"enabled": True}),
+        ({"NAMES": str(["a", "b"])}, {"names": ["a", "b"]}),
+        ({"NAMES": '["a", "b"]'}, {"names": ["a", "b"]}),
+        ({"NAMES": "[]"}, {"names": []}),
+        ({"LIMIT": "None"}, {"limit": None}),
+        ({"LIMIT": ""}, {"limit": None}),
+        ({"LIMIT": "2.5"}, {"limit": 2.5}),
+    ],
+    ids=["True", "False", "true", "py-list", "json-list", "empty-list", "None", "empty", "number"],
+)
+def test_kaapana_style_scalars(env: dict[str, str], expected: dict[str, object]) -> None:
+    params = _FlagParams.from_env(env)
+    for name, value in expected.items():
+        assert getattr(params, name) == value
+
+
+@pytest.mark.parametrize(
+    ("cls", "env", "var"),
+    [
+        (CropHeartParams, {"MARGIN_MM": "-3"}, "MARGIN_MM"),
+        (CropHeartParams, {"MARGIN_MM": "wide"}, "MARGIN_MM"),
+        (CropHeartParams, {"SEGMENTER": "magic"}, "SEGMENTER"),
+        (CropHeartParams, {"SPACING_MM": "0"}, "SPACING_MM"),
+        (CropHeartParams, {"DEVICE": "tpu"}, "DEVICE"),
+        (ConvertParams, {"NAME": "../image"}, "NAME"),
+        (ConvertParams, {"TIMEOUT_S": "0"}, "TIMEOUT_S"),
+        (SelectSeriesParams, {"RULES": "{'min_slices': 0}"}, "RULES"),
+        (SelectSeriesParams, {"RULES": "{'prefer': ['fastest']}"}, "RULES"),
+        (SelectSeriesParams, {"RULES": "{'description_exclude': ['(']}"}, "RULES"),
+        (SelectSeriesParams, {"RULES": "{'min_slices': 20"}, "RULES"),
+        (SelectSeriesParams, {"RULES": "None"}, "RULES"),
+        (ImportLabelsParams, {}, "SITE_CONFIG"),
+        (BuildDatasetParams, {"DATASET_DIR": "/d", "SITE_ID": "Site 1"}, "SITE_ID"),
+        (BuildDatasetParams, {"DATASET_DIR": "/d", "TEST_FRACTION": "1.5"}, "TEST_FRACTION"),
+        (BuildDatasetParams, {"DATASET_DIR": "/d", "SPLIT_SEED": "[1, 2"}, "SPLIT_SEED"),
+    ],
+    ids=[
+        "margin-negative",
+        "margin-text",
+        "segmenter-unknown",
+        "spacing-zero",
+        "device-unknown",
+        "name-path",
+        "timeout-zero",
+        "rules-min-slices",
+        "rules-prefer",
+        "rules-bad-regex",
+        "rules-unparsable",
+        "rules-None",
+        "site-config-missing",
+        "site-id-pattern",
+        "test-fraction",
+        "split-seed-unparsable",
+    ],
+)
+def test_invalid_value_names_the_variable(cls: type[StepParams], env: dict[str, str], var: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cls.from_env(env)
+    assert var in str(info.value)
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        CropHeartParams(margin_mm=5.0, margn_mm=5.0)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        CropHeartParams.model_validate({"margn_mm": 5.0})
+    with pytest.raises(ValidationError):
+        SelectSeriesParams.model_validate({"rules": {"min_slice": 3}})
+    with pytest.raises(ConfigError, match="RULES"):
+        SelectSeriesParams.from_env({"RULES": "{'min_slice': 3}"})
+
+
+def test_params_are_frozen() -> None:
+    params = CropHeartParams()
+    with pytest.raises(ValidationError):
+        params.margin_mm = 3.0  # type: ignore[misc]
+
+
+# --- Kaapana's workflow contract -------------------------------------------------------------------
+
+
+def _contract(tmp: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "WORKFLOW_DIR": str(tmp / "wf"),
+        "BATCH_NAME": "batch",
+        "OPERATOR_IN_DIR": "select-series",
+        "OPERATOR_OUT_DIR": "convert",
+        "RUN_ID": "manual__2030-01-01",
+        "DAG_ID": "cardiofm-prepare",
+        "TASK_ID": "convert",
+    }
+    env.update(overrides)
+    return env
+
+
+def test_context_from_env_round_trips(tmp_path: Path) -> None:
+    env = _contract(tmp_path)
+    ctx = KaapanaContext.from_env({**env, "PATH": "/usr/bin"})
+    assert ctx.to_env() == env
+    assert KaapanaContext.from_env(ctx.to_env()) == ctx
+    assert ctx.batch_dir == tmp_path / "wf" / "batch"
+    assert ctx.step_dir == tmp_path / "wf" / "convert"
+
+
+def test_context_optional_variables_have_defaults(tmp_path: Path) -> None:
+    env = _contract(tmp_path)
+    for name in ("BATCH_NAME", "RUN_ID", "DAG_ID", "TASK_ID"):
+        del env[name]
+    ctx = KaapanaContext.from_env(env)
+    assert ctx.batch_name == "batch"
+
+
+@pytest.mark.parametrize("var", ["WORKFLOW_DIR", "OPERATOR_IN_DIR", "OPERATOR_OUT_DIR"])
+def test_context_missing_variable_is_named(tmp_path: Path, var: str) -> None:
+    env = _contract(tmp_path)
+    del env[var]
+    with pytest.raises(ConfigError) as info:
+        KaapanaContext.from_env(env)
+    assert var in str(info.value)
+
+
+@pytest.mark.parametrize("var", ["WORKFLOW_DIR", "OPERATOR_IN_DIR", "OPERATOR_OUT_DIR"])
+def test_context_empty_required_variable_is_named(tmp_path: Path, var: str) -> None:
+    """An empty WORKFLOW_DIR would silently mean the current folder; it counts as missing."""
+    with pytest.raises(ConfigError) as info:
+        KaapanaContext.from_env(_contract(tmp_path, **{var: ""}))
+    assert var in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("OPERATOR_OUT_DIR", "../x"),
+        ("OPERATOR_IN_DIR", "/etc"),
+        ("OPERATOR_OUT_DIR", "a/b"),
+        ("BATCH_NAME", ".."),
+        ("BATCH_NAME", ""),
+        ("OPERATOR_IN_DIR", ".hidden"),
+    ],
+    ids=["out-parent", "in-absolute", "out-nested", "batch-dotdot", "batch-empty", "in-hidden"],
+)
+def test_context_bad_dir_name_is_rejected(tmp_path: Path, var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        KaapanaContext.from_env(_contract(tmp_path, **{var: value}))
+    assert var in str(info.value)
