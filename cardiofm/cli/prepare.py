@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from cardiofm.dicom.pacs import PacsSource
 
 
 def prepare(
@@ -23,6 +26,18 @@ def prepare(
     spacing_mm: float = typer.Option(1.0, "--spacing-mm", help="Isotropic spacing of the heart crop, mm."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the frozen train/test split."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of cases in the test split."),
+    dicomweb_url: str | None = typer.Option(
+        None, "--dicomweb-url", help="Read studies from a DICOMweb PACS (QIDO-RS/WADO-RS) instead of the site folder."
+    ),
+    dimse: str | None = typer.Option(
+        None, "--dimse", help="Read studies from a DIMSE PACS at HOST:PORT (C-FIND/C-GET)."
+    ),
+    called_ae: str = typer.Option("ORTHANC", "--called-ae", help="AE title of the DIMSE PACS."),
+    calling_ae: str = typer.Option("CARDIOFM", "--calling-ae", help="Our AE title (must be registered at the PACS)."),
+    pacs_user: str | None = typer.Option(None, "--pacs-user", help="DICOMweb user name."),
+    pacs_password_env: str = typer.Option(
+        "CARDIOFM_PACS_PASSWORD", "--pacs-password-env", help="Environment variable holding the DICOMweb password."
+    ),
 ) -> None:
     """Select, convert, crop and label every study of one site; write the site dataset."""
     from cardiofm.contracts.steps import CropHeartParams
@@ -65,3 +80,29 @@ def prepare(
     for q in result.quarantined:
         console.print(f"  quarantined {q['kind']} ({q['step']}): {q['reason']}")
     console.print(f"dataset: {out / 'manifest.json'}; reports: selection.json, quarantine.json")
+
+
+def _source(
+    dicomweb_url: str | None,
+    dimse: str | None,
+    called_ae: str,
+    calling_ae: str,
+    user: str | None,
+    password_env: str,
+) -> PacsSource | None:
+    """The PACS source named on the command line, or None for the site's local folder."""
+    import os
+
+    from cardiofm.dicom.pacs import DicomWebSource, DimseSource
+    from cardiofm.errors import ConfigError
+
+    if dicomweb_url and dimse:
+        raise ConfigError("give either --dicomweb-url or --dimse, not both")
+    if dicomweb_url:
+        return DicomWebSource(dicomweb_url, username=user, password=os.environ.get(password_env) if user else None)
+    if dimse:
+        host, _, port = dimse.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--dimse {dimse!r} must be HOST:PORT, e.g. pacs.hospital.local:11112")
+        return DimseSource(host, int(port), called_ae, calling_ae=calling_ae, mode="c-get")
+    return None

@@ -25,11 +25,16 @@ def save_nifti(path: Path, array: npt.NDArray[np.generic], grid: Grid) -> Path:
     return path
 
 
-def load_nifti(path: Path) -> tuple[npt.NDArray[np.generic], Grid]:
-    """Read a 3-D NIfTI as (array indexed ``[i, j, k]``, grid); 4-D or unreadable files raise InputDataError."""
+def load_nifti(path: Path, *, float32: bool = False) -> tuple[npt.NDArray[np.generic], Grid]:
+    """Read a 3-D NIfTI as (array indexed ``[i, j, k]``, grid); 4-D or unreadable files raise InputDataError.
+
+    ``float32=True`` applies the NIfTI scaling directly in float32 (half the memory of the default,
+    which lets nibabel choose, typically float64 for scaled integers).
+    """
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj)  # type: ignore[attr-defined]
+        proxy = img.dataobj  # type: ignore[attr-defined]
+        data = np.asarray(proxy, dtype=np.float32) if float32 else np.asarray(proxy)
         affine = img.affine  # type: ignore[attr-defined]
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
         raise InputDataError(

@@ -121,7 +121,7 @@ def _segment(
 def crop_case(in_dir: Path, out_dir: Path, params: CropHeartParams) -> list[str]:
     """Segment the heart, crop it with a margin, resample to ``spacing_mm``; writes image, heart mask, crop.json."""
     image_path = in_dir / "image.nii.gz"
-    data, grid = load_nifti(image_path)
+    data, grid = load_nifti(image_path, float32=True)
     hu = np.asarray(data, dtype=np.float32)
     mask = _segment(image_path, hu, params, grid, out_dir)
     result = crop_heart(

@@ -30,6 +30,7 @@ from cardiofm.contracts.steps import (
     StepParams,
 )
 from cardiofm.dicom.index import file_key, index_folder
+from cardiofm.dicom.pacs import PacsSource, mirror_all
 from cardiofm.errors import ConfigError
 from cardiofm.pipeline.case_steps import convert_case, crop_case, load_site_config, select_case
 from cardiofm.pipeline.dataset_step import build_dataset
@@ -95,11 +96,34 @@ def prepare_site(
     split_seed: int = 0,
     test_fraction: float = 0.2,
     on_case: Callable[[str, str], None] | None = None,
+    source: PacsSource | None = None,
 ) -> PrepareResult:
-    """Prepare one site's dataset from its PACS folder and annotations (see module docstring)."""
+    """Prepare one site's dataset from its PACS and annotations (see module docstring).
+
+    ``source`` (DICOMweb or DIMSE) is mirrored into ``OUT/pacs-mirror`` first; without it the
+    site's local PACS folder (``pacs.path`` in ``site.yaml``) is read.
+    """
     config_path = config or site_dir / "site.yaml"
     site = load_site_config(config_path)
-    pacs_root = site_dir / site.pacs.path
+    retrieval_failed: list[dict[str, str]] = []
+    if source is not None:
+        mirror = out / "pacs-mirror"
+        if mirror.exists():
+            shutil.rmtree(mirror)
+        mirrored = mirror_all(source, mirror)
+        retrieval_failed = [
+            {
+                "kind": "study",
+                "item": f.study_uid,
+                "case": case_id_for(site.site_id, f.study_uid),
+                "step": "retrieve",
+                "reason": f.reason,
+            }
+            for f in mirrored.failed
+        ]
+        pacs_root = mirror
+    else:
+        pacs_root = site_dir / site.pacs.path
     if not pacs_root.is_dir():
         raise ConfigError(f"PACS folder '{site.pacs.path}' not found in the site folder; check pacs.path in site.yaml")
     work = out / "work"
@@ -114,7 +138,9 @@ def prepare_site(
         (crop or CropHeartParams(), crop_case),
         (ImportLabelsParams(site_config=str(config_path), site_dir=str(site_dir)), import_labels_case),
     ]
-    result = PrepareResult(studies_in=len(cases), prepared=0, quarantined=list(bad_files))
+    result = PrepareResult(
+        studies_in=len(cases) + len(retrieval_failed), prepared=0, quarantined=retrieval_failed + bad_files
+    )
     for n, (params, fn) in enumerate(chain):
         ctx = KaapanaContext(
             workflow_dir=work, operator_in_dir=CHAIN_DIRS[n], operator_out_dir=CHAIN_DIRS[n + 1], task_id=params.step
