@@ -96,7 +96,9 @@ class MaskAnnotations(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: Literal["nifti"] = "nifti"
+    #: ``"nifti"``: a 3-D NIfTI per case; ``"dicom-seg"``: a DICOM SEG per case (the segment labelled
+    #: "calc…" when it holds several).
+    format: Literal["nifti", "dicom-seg"] = "nifti"
     path: str
     file_pattern: str = "{key}.nii.gz"
 

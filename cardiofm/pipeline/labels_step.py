@@ -31,6 +31,7 @@ from cardiofm.labels.formats import (
     write_landmarks_json,
 )
 from cardiofm.labels.labelmap import LabelMap
+from cardiofm.labels.seg import read_seg_mask
 from cardiofm.pipeline.case_steps import STUDY_FILE, load_site_config
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
         path = site_dir / calc.path / calc.file_pattern.format(key=key)
         if path.is_file():
             try:
-                mask, grid = load_nifti(path)
+                mask, grid = read_seg_mask(path) if calc.format == "dicom-seg" else load_nifti(path)
                 on_crop = resample_onto((np.asarray(mask) > 0).astype(np.uint8), grid, crop_grid, order=0, fill_value=0)
                 save_nifti(labels / "calcification.nii.gz", on_crop.astype(np.uint8), crop_grid)
                 notes.append(f"calcification mask imported ({int(on_crop.sum())} voxels on the crop)")
