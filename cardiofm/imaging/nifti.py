@@ -25,6 +25,19 @@ def save_nifti(path: Path, array: npt.NDArray[np.generic], grid: Grid) -> Path:
     return path
 
 
+def _scaled_float32(proxy: object) -> npt.NDArray[np.float32]:
+    """Stored values × scl_slope + scl_inter, computed in place in float32 (nibabel's own scaling is slower)."""
+    raw = np.asanyarray(proxy.get_unscaled())  # type: ignore[attr-defined]
+    out = raw.astype(np.float32)
+    slope = float(getattr(proxy, "slope", 1.0))
+    inter = float(getattr(proxy, "inter", 0.0))
+    if np.isfinite(slope) and slope not in (0.0, 1.0):
+        out *= np.float32(slope)
+    if np.isfinite(inter) and inter != 0.0:
+        out += np.float32(inter)
+    return out
+
+
 def load_nifti(path: Path, *, float32: bool = False) -> tuple[npt.NDArray[np.generic], Grid]:
     """Read a 3-D NIfTI as (array indexed ``[i, j, k]``, grid); 4-D or unreadable files raise InputDataError.
 
@@ -34,7 +47,7 @@ def load_nifti(path: Path, *, float32: bool = False) -> tuple[npt.NDArray[np.gen
     try:
         img = nib.load(str(path))
         proxy = img.dataobj  # type: ignore[attr-defined]
-        data = np.asarray(proxy, dtype=np.float32) if float32 else np.asarray(proxy)
+        data = _scaled_float32(proxy) if float32 else np.asarray(proxy)
         affine = img.affine  # type: ignore[attr-defined]
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
         raise InputDataError(
