@@ -1,8 +1,10 @@
 """``import-labels``: a site's annotations → canonical landmarks (LPS mm) and masks on the crop grid.
 
-Every problem (unknown id, duplicate, undefined position, point outside the crop, unreadable mask)
-is reported in ``labels/problems.json`` and the case's provenance; nothing is dropped silently. A
-case without annotations is not an error: it becomes an unlabelled case for pseudo-labelling.
+Every problem (unknown id, duplicate, undefined position, point outside the crop, implausible landmark
+geometry, unreadable mask) is reported in ``labels/problems.json`` and the case's provenance; nothing is
+dropped silently. Points of a likely label swap (see :mod:`cardiofm.labels.qa`) are reported and left out
+of ``landmarks.json``. A case without annotations is not an error: it becomes an unlabelled case for
+pseudo-labelling.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cardiofm.labels.formats import (
     write_landmarks_json,
 )
 from cardiofm.labels.labelmap import LabelMap
+from cardiofm.labels.qa import check_landmark_geometry
 from cardiofm.labels.seg import read_seg_mask
 from cardiofm.pipeline.case_steps import STUDY_FILE, load_site_config
 
@@ -76,6 +79,20 @@ def _inside(points: dict[str, Point3], grid: Grid) -> tuple[dict[str, Point3], l
     return kept, problems
 
 
+def _geometry_qa(points: dict[str, Point3]) -> tuple[dict[str, Point3], list[str]]:
+    """Geometry QA of the kept points: every finding is a problem; points of a likely label swap are dropped."""
+    kept = dict(points)
+    problems: list[str] = []
+    for finding in check_landmark_geometry(points):
+        if finding.kind == "swapped":
+            for name in finding.names:
+                kept.pop(name, None)
+            problems.append(f"{', '.join(finding.names)}: {finding.message}; not used for training; fix the annotation")
+        else:
+            problems.append(f"{', '.join(finding.names)}: {finding.message}")
+    return kept, problems
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -108,6 +125,8 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
             problems += [p.message for p in result.problems]
             kept, outside = _inside(result.points, crop_grid)
             problems += outside
+            kept, doubtful = _geometry_qa(kept)
+            problems += doubtful
             write_landmarks_json(labels / "landmarks.json", kept)
             notes.append(f"{len(kept)} landmark(s) imported")
     calc = site.annotations.calcification
