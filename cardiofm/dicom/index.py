@@ -40,6 +40,8 @@ _TAGS = [
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+#: The VRs an explicit-VR pixel data element may carry.
+_PIXEL_VRS = frozenset({b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"})
 #: Largest difference between two files' direction cosines still counted as the same orientation.
 _ORIENTATION_TOL = 1e-3
 #: Phases (percent) closer than this count as one phase.
@@ -200,8 +202,8 @@ def _same_orientation(a: tuple[float, ...] | None, b: tuple[float, ...] | None) 
 def _pixels_truncated(fp: Any, ds: Any, size: int) -> bool:
     """True when the pixel data element (at the reader's stop position) runs past the end of the file."""
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is None or not ts.is_little_endian:
-        return False
+    if ts is None or not ts.is_little_endian or ts.is_deflated:
+        return False  # a deflated data set's offsets are in the inflated stream, not in the file
     start = fp.tell()
     head = fp.read(12)
     if not head:  # the file ends where pixel data would start: truncated if it is an image
@@ -210,13 +212,13 @@ def _pixels_truncated(fp: Any, ds: Any, size: int) -> bool:
         return False  # not (integer) pixel data: nothing to check
     if len(head) < 8:
         return True
-    if ts.is_implicit_VR:
-        length = struct.unpack("<I", head[4:8])[0]
+    if ts.is_implicit_VR or head[4:6] not in _PIXEL_VRS:  # files written implicit despite their meta
+        length = int(struct.unpack("<I", head[4:8])[0])
         header = 8
     else:
         if len(head) < 12:
             return True
-        length = struct.unpack("<I", head[8:12])[0]
+        length = int(struct.unpack("<I", head[8:12])[0])
         header = 12
     return length != _UNDEFINED_LENGTH and start + header + length > size
 

@@ -18,9 +18,11 @@ import statistics
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.pixels.decoders.base import get_decoder
 from scipy.ndimage import distance_transform_edt, median_filter
 
 from cardiofm.contracts.selection import (
@@ -86,20 +88,75 @@ def contrast_tag(agent: str | None) -> bool | None:
     return agent.strip().upper() not in _NO_AGENT
 
 
-def _slice_hu(path: Path) -> tuple[np.ndarray, tuple[float, float]] | None:
-    """A slice in HU, 3x3-median filtered, and its pixel spacing (mm); None when unreadable."""
+def undecodable_reason(ds: Any) -> str | None:
+    """Why the pixel data of ``ds`` cannot be decoded in this environment (what to install); None when it can.
+
+    Uncompressed data and compressed data with an installed pydicom decoder plugin give None.
+    """
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not ts.is_compressed:
+        return None
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return (
+            f"pixel data in {ts.name} ({ts}) cannot be decoded: pydicom has no decoder for this transfer syntax; "
+            "export the series uncompressed or as JPEG 2000, JPEG-LS, JPEG lossless or RLE"
+        )
+    if decoder.is_available:
+        return None
+    options = [d.split(" - requires ", 1)[-1] for d in decoder.missing_dependencies]
+    options = [o.replace("gdcm>=", "python-gdcm>=") if o.startswith("gdcm") else o for o in options]
+    return f"pixel data in {ts.name} cannot be decoded here: install {' or '.join(options) or 'a pydicom decoder'}"
+
+
+def _slice_hu(path: Path) -> tuple[np.ndarray, tuple[float, float]] | str:
+    """A slice in HU, 3x3-median filtered, and its pixel spacing (mm); why not when unusable."""
     try:
         ds = pydicom.dcmread(path)
+        missing = undecodable_reason(ds)
+        if missing is not None:
+            return missing
         raw = np.asarray(ds.pixel_array, dtype=np.float32)
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
     except Exception as exc:  # corrupt, undecodable or incomplete images must not stop the selection
         logger.debug("pixels of %s unreadable (%s)", hashed(str(path)), type(exc).__name__)
-        return None
-    if raw.ndim != 2 or min(raw.shape) < 3 or min(spacing) <= 0:
-        return None
+        return f"pixel data unreadable ({type(exc).__name__})"
+    if raw.ndim != 2:
+        return f"pixel data is not a single-channel 2-D image (array shape {raw.shape})"
+    if min(raw.shape) < 3 or min(spacing) <= 0:
+        return "pixel data too small or pixel spacing not positive"
     return median_filter(raw * slope + intercept, size=3, mode="nearest"), spacing
+
+
+def _blood_pool(files: Sequence[Path], contrast_min_hu: float) -> tuple[float | None, str | None]:
+    """:func:`blood_pool_hu` and, when it is None, why: the first sampled slice's problem."""
+    n = len(files)
+    picks = sorted({round(f * (n - 1)) for f in _SAMPLE_FRACTIONS}) if n else []
+    core: list[np.ndarray] = []
+    central: list[np.ndarray] = []
+    core_area = 0.0
+    problem: str | None = None if picks else "no slices"
+    for i in picks:
+        read = _slice_hu(files[i])
+        if isinstance(read, str):
+            problem = problem or read
+            continue
+        hu, (sr, sc) = read
+        yy, xx = np.ogrid[: hu.shape[0], : hu.shape[1]]
+        disk = ((yy - (hu.shape[0] - 1) / 2) * sr) ** 2 + ((xx - (hu.shape[1] - 1) / 2) * sc) ** 2 <= _DISK_RADIUS_MM**2
+        bright = hu >= _BRIGHT_FRACTION * contrast_min_hu
+        deep = bright & disk & (distance_transform_edt(bright, sampling=(sr, sc)) >= _CORE_DEPTH_MM)
+        core.append(hu[deep])
+        central.append(hu[disk] if disk.any() else hu.ravel())
+        core_area += float(deep.sum()) * sr * sc
+    if not central:
+        return None, problem
+    if core_area >= _MIN_CORE_AREA_MM2:
+        return float(np.median(np.concatenate(core))), None
+    return float(np.median(np.concatenate(central))), None
 
 
 def blood_pool_hu(files: Sequence[Path], contrast_min_hu: float) -> float | None:
@@ -113,28 +170,7 @@ def blood_pool_hu(files: Sequence[Path], contrast_min_hu: float) -> float | None
     With at least 200 mm² of them pooled, the estimate is their median HU; otherwise there is no
     blood pool to see and the estimate is the median HU of the central disks (soft tissue).
     """
-    n = len(files)
-    picks = sorted({round(f * (n - 1)) for f in _SAMPLE_FRACTIONS}) if n else []
-    core: list[np.ndarray] = []
-    central: list[np.ndarray] = []
-    core_area = 0.0
-    for i in picks:
-        read = _slice_hu(files[i])
-        if read is None:
-            continue
-        hu, (sr, sc) = read
-        yy, xx = np.ogrid[: hu.shape[0], : hu.shape[1]]
-        disk = ((yy - (hu.shape[0] - 1) / 2) * sr) ** 2 + ((xx - (hu.shape[1] - 1) / 2) * sc) ** 2 <= _DISK_RADIUS_MM**2
-        bright = hu >= _BRIGHT_FRACTION * contrast_min_hu
-        deep = bright & disk & (distance_transform_edt(bright, sampling=(sr, sc)) >= _CORE_DEPTH_MM)
-        core.append(hu[deep])
-        central.append(hu[disk] if disk.any() else hu.ravel())
-        core_area += float(deep.sum()) * sr * sc
-    if not central:
-        return None
-    if core_area >= _MIN_CORE_AREA_MM2:
-        return float(np.median(np.concatenate(core)))
-    return float(np.median(np.concatenate(central)))
+    return _blood_pool(files, contrast_min_hu)[0]
 
 
 def _thickness(series: SeriesIndex) -> float | None:
@@ -227,12 +263,12 @@ def _contrast(series: SeriesIndex, rules: SeriesRules, header_ok: bool) -> tuple
         if tag is None:
             return None, ["no contrast tag (ContrastBolusAgent absent); blood pool not measured as header rules failed"]
         return None, []
-    hu = blood_pool_hu(series.files, rules.contrast_min_hu)
+    hu, problem = _blood_pool(series.files, rules.contrast_min_hu)
     if hu is None:
         if tag:
-            logger.warning("series %s: pixels unreadable, trusting ContrastBolusAgent", hashed(series.series_uid))
+            logger.warning("series %s: %s; trusting ContrastBolusAgent", hashed(series.series_uid), problem)
             return None, []
-        return None, ["contrast not confirmed: pixel data unreadable and no ContrastBolusAgent"]
+        return None, [f"contrast not confirmed (no ContrastBolusAgent): {problem}"]
     if hu < rules.contrast_min_hu:
         note = " (the pixels overrule ContrastBolusAgent)" if tag else ""
         return hu, [f"no contrast: blood-pool estimate {hu:.0f} HU < {rules.contrast_min_hu:g} HU{note}"]
