@@ -80,6 +80,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/phantoms.py
 	$(BIN)/python bench/prepare.py small 4
 	$(BIN)/python bench/prepare.py full 2
+	$(BIN)/python bench/train_throughput.py --model teacher
 
 clean:
 	rm -rf $(VENV) .venvs demo-output .mypy_cache .ruff_cache .pytest_cache

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from cardiofm import __version__
-from cardiofm.cli import demo, phantoms, prepare, step
+from cardiofm.cli import demo, phantoms, prepare, step, train
 from cardiofm.errors import CardioFMError
 
 app = typer.Typer(
@@ -21,6 +21,9 @@ app = typer.Typer(
 app.add_typer(phantoms.app, name="phantoms")
 app.add_typer(step.app, name="step")
 app.command("prepare")(prepare.prepare)
+app.command("train")(train.train)
+app.command("pseudolabel")(train.pseudolabel)
+app.command("evaluate")(train.evaluate)
 app.command("demo")(demo.demo)
 
 

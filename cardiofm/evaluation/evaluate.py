@@ -1,0 +1,122 @@
+"""Evaluate a checkpoint on a site dataset: landmark errors (mm) with failure rates, calcification Dice.
+
+Truth comes from the dataset's own labels, or — for synthetic federations, evaluation only — from
+the phantom generator's ``ground_truth/`` (every landmark of every case, labelled or not).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.contracts.dataset import ManifestCase
+from cardiofm.evaluation.metrics import dice, landmark_errors_mm, summarise_errors
+from cardiofm.imaging.geometry import Grid
+from cardiofm.imaging.nifti import load_nifti
+from cardiofm.imaging.resample import resample_onto
+from cardiofm.labels.formats import read_landmarks_json
+from cardiofm.training.checkpoint import load_checkpoint
+from cardiofm.training.data import load_image, load_manifest
+from cardiofm.training.inference import predict_case
+from cardiofm.training.trainer import resolve_device
+
+logger = logging.getLogger(__name__)
+
+Point3 = tuple[float, float, float]
+
+
+@dataclass
+class Truth:
+    """Reference labels of one case (any may be absent)."""
+
+    points: dict[str, Point3] = field(default_factory=dict)
+    calcification: Path | None = None
+
+
+TruthSource = Callable[[Path, ManifestCase], Truth]
+
+
+def dataset_truth(dataset_dir: Path, case: ManifestCase) -> Truth:
+    """The labels the dataset holds for the case (only for its labelled tasks)."""
+    case_dir = dataset_dir / "cases" / case.case_id
+    points: dict[str, Point3] = {}
+    if (case_dir / "labels" / "landmarks.json").is_file():
+        all_points = read_landmarks_json(case_dir / "labels" / "landmarks.json")
+        labelled = {n for t in case.tasks for n in TASK_LANDMARKS.get(t, ())}
+        points = {n: p for n, p in all_points.items() if n in labelled}
+    calc = case_dir / "labels" / "calcification.nii.gz"
+    return Truth(points, calc if "calcification" in case.tasks and calc.is_file() else None)
+
+
+def phantom_truth(federation_dir: Path) -> TruthSource:
+    """Truth from a synthetic federation's ``ground_truth/`` (matched by StudyInstanceUID)."""
+    record = json.loads((federation_dir / "federation.json").read_text())
+    by_study = {s["study_uid"]: s["case_id"] for site in record["sites"] for s in site["studies"]}
+
+    def source(_dataset_dir: Path, case: ManifestCase) -> Truth:
+        gt = federation_dir / "ground_truth" / by_study[case.source.study_uid]
+        return Truth(read_landmarks_json(gt / "landmarks.json"), gt / "calcification.nii.gz")
+
+    return source
+
+
+def _mask_on(path: Path, grid: Grid) -> np.ndarray:
+    mask, mgrid = load_nifti(path)
+    return np.asarray(resample_onto((np.asarray(mask) > 0).astype(np.uint8), mgrid, grid, order=0, fill_value=0))
+
+
+def evaluate_dataset(
+    checkpoint_path: Path,
+    dataset_dir: Path,
+    *,
+    split: str = "test",
+    truth: TruthSource = dataset_truth,
+    on_case: Callable[[str], None] | None = None,
+) -> dict[str, object]:
+    """Metrics of the checkpoint on the cases of ``split`` (``"all"`` for every case)."""
+    ckpt = load_checkpoint(checkpoint_path)
+    device = resolve_device(ckpt.train_config.device)
+    model = ckpt.build(device)
+    manifest = load_manifest(dataset_dir)
+    errors: dict[str, list[dict[str, float]]] = {t: [] for t in ckpt.model_config.heads if t in TASK_LANDMARKS}
+    dices: list[float] = []
+    n_cases = 0
+    for case in manifest.cases:
+        if split != "all" and case.split != split:
+            continue
+        ref = truth(dataset_dir, case)
+        hu, grid = load_image(dataset_dir / "cases" / case.case_id, ckpt.train_config.preprocessing)
+        pred = predict_case(ckpt, model, hu, grid, device=device)
+        predicted = {n: p.lps_mm for n, p in pred.landmarks.items()}
+        for task in errors:
+            names = [n for n in TASK_LANDMARKS[task] if n in ref.points]
+            if names:
+                errors[task].append(landmark_errors_mm(predicted, ref.points, names))
+        if "calcification" in pred.masks and ref.calcification is not None:
+            dices.append(dice(pred.masks["calcification"], _mask_on(ref.calcification, grid)))
+        n_cases += 1
+        if on_case is not None:
+            on_case(case.case_id)
+    report: dict[str, object] = {"checkpoint": checkpoint_path.name, "split": split, "cases": n_cases}
+    for task, per_case in errors.items():
+        if not per_case:
+            report[task] = {"n": 0}
+            continue
+        summary = summarise_errors(per_case, list(TASK_LANDMARKS[task]))
+        report[task] = {
+            "per_landmark": {n: s.as_dict() for n, s in summary.items() if n != "pooled"},
+            "pooled": summary["pooled"].as_dict(),
+        }
+    if "calcification" in ckpt.model_config.heads:
+        report["calcification"] = {
+            "n": len(dices),
+            "dice_mean": float(np.mean(dices)) if dices else float("nan"),
+            "dice_median": float(np.median(dices)) if dices else float("nan"),
+        }
+    return report

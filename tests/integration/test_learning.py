@@ -1,0 +1,110 @@
+"""The model engine learns: a teacher overfits one phantom to < 3 mm; artefacts carry their settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.contracts.preprocessing import PreprocessingConfig
+from cardiofm.errors import InputDataError
+from cardiofm.evaluation.evaluate import Truth, dataset_truth, evaluate_dataset
+from cardiofm.models.config import ModelConfig, default_heads
+from cardiofm.phantoms.federation import FederationSettings, generate_federation
+from cardiofm.pipeline.prepare import prepare_site
+from cardiofm.training.checkpoint import load_checkpoint
+from cardiofm.training.config import TrainConfig
+from cardiofm.training.data import load_manifest
+from cardiofm.training.pseudolabel import pseudolabel_dataset
+from cardiofm.training.trainer import TrainResult, load_training_samples, train
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SPACING_MM = 2.0
+
+
+@dataclass
+class Trained:
+    dataset: Path
+    case_id: str
+    result: TrainResult
+    config: TrainConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    root = tmp_path_factory.mktemp("learning")
+    record = generate_federation(
+        root / "fed", FederationSettings(sites=1, cases_per_site=2, seed=4, held_out_sites=0, series_per_study=1)
+    )
+    prepared = prepare_site(root / "fed" / record.sites[0].folder, root / "ds", test_fraction=0.0)
+    assert prepared.prepared == 2
+    cfg = TrainConfig(
+        tasks=("landmarks",),
+        steps=1000,
+        batch_size=2,
+        patch_size=(32, 32, 32),
+        learning_rate=3e-3,
+        augment=False,
+        foreground_fraction=0.9,
+        preprocessing=PreprocessingConfig(spacing_mm=SPACING_MM),
+        seed=1,
+    )
+    samples = load_training_samples([root / "ds"], cfg)
+    one = [s for s in samples if s.targets][:1]  # overfit a single phantom
+    model_cfg = ModelConfig(name="resunet-teacher", heads=default_heads("landmarks"), filters=(8, 16, 32, 64))
+    result = train(one, cfg, model_cfg, root / "teacher.pt")
+    return Trained(root / "ds", one[0].case_id, result, cfg)
+
+
+def test_loss_falls(trained: Trained) -> None:
+    assert len(trained.result.history) == trained.config.steps
+    assert trained.result.mean_loss(first=False, n=20) < 0.3 * trained.result.mean_loss(first=True, n=20)
+
+
+def test_teacher_overfits_one_phantom_below_3_mm(trained: Trained) -> None:
+    def truth(dataset: Path, case):  # type: ignore[no-untyped-def]
+        return dataset_truth(dataset, case) if case.case_id == trained.case_id else Truth()
+
+    report = evaluate_dataset(trained.result.checkpoint, trained.dataset, split="all", truth=truth)
+    per = report["landmarks"]["per_landmark"]  # type: ignore[index]
+    for name in TASK_LANDMARKS["landmarks"]:
+        assert per[name]["n"] == 1
+        assert per[name]["n_missing"] == 0, f"{name} not found"
+        assert per[name]["median_mm"] < 3.0, f"{name}: {per[name]['median_mm']:.2f} mm"
+
+
+def test_checkpoint_carries_preprocessing_and_labels(trained: Trained) -> None:
+    ckpt = load_checkpoint(trained.result.checkpoint)
+    assert ckpt.train_config.preprocessing == PreprocessingConfig(spacing_mm=SPACING_MM)
+    assert ckpt.label_names["landmarks"] == ["background", *TASK_LANDMARKS["landmarks"]]
+    model = ckpt.build()
+    assert not model.training
+    assert set(model.state_dict()) == set(ckpt.state_dict)
+
+
+def test_a_foreign_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, bogus)
+    with pytest.raises(InputDataError, match="not a cardiofm checkpoint"):
+        load_checkpoint(bogus)
+
+
+def test_pseudolabels_are_compact_and_decoded(trained: Trained, tmp_path: Path) -> None:
+    written = pseudolabel_dataset(trained.result.checkpoint, trained.dataset, tmp_path / "pseudo")
+    manifest = load_manifest(trained.dataset)
+    assert written == {"landmarks": len(manifest.cases)}
+    npz = tmp_path / "pseudo" / "landmarks" / f"{trained.case_id}.npz"
+    with np.load(npz) as data:
+        probs = data["probabilities"]
+    assert probs.dtype == np.uint8
+    assert probs.shape[0] == 1 + len(TASK_LANDMARKS["landmarks"])
+    assert npz.stat().st_size < probs.nbytes / 5  # mostly background: compresses well
+    info = json.loads(npz.with_suffix(".json").read_text())
+    assert set(info["points"]) == set(TASK_LANDMARKS["landmarks"])
+    assert all(0.0 <= p["confidence"] <= 1.0 for p in info["points"].values())
