@@ -49,6 +49,10 @@ def _match_key(site: SiteConfig, study: dict[str, object]) -> str:
     key = str(match.get(site.annotations.match_by, "")) if isinstance(match, dict) else ""
     if not key:
         raise InputDataError(f"the study has no {site.annotations.match_by}; the site matches annotations by it")
+    if "/" in key or "\\" in key or key in (".", "..") or "\x00" in key:
+        raise InputDataError(
+            f"the study's {site.annotations.match_by} cannot name an annotation file (it contains a path separator)"
+        )
     return key
 
 
@@ -113,9 +117,12 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
     labels.mkdir()
     problems: list[str] = []
     notes: list[str] = []
-    key = _match_key(site, study)
+    try:
+        key: str | None = _match_key(site, study)
+    except InputDataError as exc:  # the image is still usable, as an unlabelled case
+        key, problems = None, [f"annotations not looked up: {exc}"]
     spec = site.annotations.landmarks
-    if spec is not None:
+    if spec is not None and key is not None:
         try:
             raw = _raw_points(spec, site_dir, key)
         except CardioFMError as exc:
@@ -130,11 +137,13 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
             write_landmarks_json(labels / "landmarks.json", kept)
             notes.append(f"{len(kept)} landmark(s) imported")
     calc = site.annotations.calcification
-    if calc is not None:
+    if calc is not None and key is not None:
         path = site_dir / calc.path / calc.file_pattern.format(key=key)
         if path.is_file():
             try:
                 mask, grid = read_seg_mask(path) if calc.format == "dicom-seg" else load_nifti(path)
+                if not bool(np.isfinite(np.asarray(mask, dtype=np.float64)).all()):
+                    raise InputDataError(f"{path.name} contains NaN or infinite values; re-export the mask")
                 on_crop = resample_onto((np.asarray(mask) > 0).astype(np.uint8), grid, crop_grid, order=0, fill_value=0)
                 save_nifti(labels / "calcification.nii.gz", on_crop.astype(np.uint8), crop_grid)
                 notes.append(f"calcification mask imported ({int(on_crop.sum())} voxels on the crop)")
