@@ -318,14 +318,19 @@ def _candidate(series: SeriesIndex, rules: SeriesRules) -> SeriesCandidate:
 
 
 def _why_none(candidates: Sequence[SeriesCandidate]) -> str:
+    """Why nothing was chosen: every series that came closest (fewest failed rules), with its reasons."""
     if not candidates:
         return "the study holds no series"
-    nearest = min(candidates, key=lambda c: (len(c.reasons), c.number if c.number is not None else 1 << 30))
-    label = f"#{nearest.number}" if nearest.number is not None else "without number"
-    return (
-        f"none of the {len(candidates)} series passed the rules; nearest miss: series {label} "
-        f"failed {len(nearest.reasons)} rule(s), first: {nearest.reasons[0]}"
-    )
+    fewest = min(len(c.reasons) for c in candidates)
+    closest = sorted(
+        (c for c in candidates if len(c.reasons) == fewest),
+        key=lambda c: c.number if c.number is not None else 1 << 30,
+    )[:3]
+    parts = [
+        f"series {'#' + str(c.number) if c.number is not None else 'without number'}: {'; '.join(c.reasons)}"
+        for c in closest
+    ]
+    return f"none of the {len(candidates)} series passed the rules; closest: " + " | ".join(parts)
 
 
 def select_series(study: StudyIndex, rules: SeriesRules) -> StudySelection:

@@ -473,6 +473,8 @@ def test_series_with_a_missing_slice_is_rejected_with_its_reason(broken: Broken)
     candidate = next(c for c in selection[study.study_uid]["candidates"] if c["uid"] == study.correct_series_uid)
     assert not candidate["accepted"]
     assert any("irregular slice spacing" in r and "gap" in r for r in candidate["reasons"]), candidate["reasons"]
+    # the quarantine reason itself names the gap, not only the nearest distractor
+    assert "gap" in entry["reason"], entry["reason"]
 
 
 def test_mr_image_is_quarantined_as_a_study(broken: Broken) -> None:
