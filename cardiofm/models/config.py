@@ -90,6 +90,11 @@ class ModelConfig(BaseModel):
         a teacher must name its one task (use :func:`default_heads` or :meth:`teacher`).
     feature_size
         SwinUNETR embedding size (student); divisible by 12.
+    depths
+        Student only: Swin transformer blocks per stage (four stages; default (2, 2, 2, 2) as in SwinUNETR;
+        e.g. (1, 1, 1, 1) for a cheap CPU test model).
+    num_heads
+        Student only: attention heads per stage; ``feature_size * 2**stage`` must be divisible by each.
     filters
         DynUNet filters per level (teacher); strides are 1 then 2 for every further level.
     deep_supervision
@@ -106,6 +111,8 @@ class ModelConfig(BaseModel):
     heart_conditioning: HeartConditioning = "none"
     heads: dict[str, int] = Field(default_factory=dict)
     feature_size: int = Field(default=24, gt=0)
+    depths: tuple[int, int, int, int] = (2, 2, 2, 2)
+    num_heads: tuple[int, int, int, int] = (3, 6, 12, 24)
     filters: tuple[int, ...] = (32, 64, 128, 256, 320)
     deep_supervision: bool = True
     use_checkpoint: bool = False
@@ -133,6 +140,13 @@ class ModelConfig(BaseModel):
     def _feature_size(cls, value: int) -> int:
         if value % 12:
             raise ValueError(f"feature_size must be divisible by 12 (SwinUNETR), got {value}")
+        return value
+
+    @field_validator("depths", "num_heads")
+    @classmethod
+    def _positive_stages(cls, value: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        if any(v <= 0 for v in value):
+            raise ValueError(f"every stage needs at least 1 (block / head), got {value}")
         return value
 
     @field_validator("filters")
@@ -181,6 +195,12 @@ class ModelConfig(BaseModel):
                 )
         if self.name == TEACHER and len(self.heads) != 1:
             raise ValueError(f"a teacher has exactly one task head, got {sorted(self.heads)}")
+        for stage, heads in enumerate(self.num_heads):
+            if (self.feature_size * 2**stage) % heads:
+                raise ValueError(
+                    f"num_heads[{stage}]={heads} does not divide the stage's embedding size "
+                    f"{self.feature_size * 2**stage} (feature_size * 2**{stage})"
+                )
         return self
 
     @computed_field  # type: ignore[prop-decorator]

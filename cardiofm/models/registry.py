@@ -190,6 +190,8 @@ class MultiHeadSwinUNETR(MultiHeadModel):
             in_channels=config.in_channels,
             out_channels=1,  # replaced below: the heads take decoder1's feature_size channels
             feature_size=config.feature_size,
+            depths=config.depths,
+            num_heads=config.num_heads,
             drop_rate=config.dropout,
             use_checkpoint=config.use_checkpoint,
             spatial_dims=3,

@@ -143,7 +143,9 @@ def train_step(
                 total = total + cfg.soft_weight * kd
                 per_task[f"kd_{t}"] = float(kd.detach())
     if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite training loss {float(total)}; lower the learning rate or check the data")
+        raise FloatingPointError(
+            f"non-finite training loss {float(total.detach())}; lower the learning rate or check the data"
+        )
     total.backward()
     optimizer.step()
     return {"loss": float(total.detach()), **{k: float(v) for k, v in per_task.items()}}
