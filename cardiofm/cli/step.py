@@ -14,6 +14,10 @@ app = typer.Typer(
 
 
 def _run(name: str) -> None:
+    import logging
+
+    # a step runs in a container: its log is the operator's record, so progress is logged at INFO
+    logging.getLogger("cardiofm").setLevel(logging.INFO)
     from cardiofm.contracts.kaapana import KaapanaContext
     from cardiofm.contracts.steps import STEPS
     from cardiofm.pipeline import case_steps, labels_step
