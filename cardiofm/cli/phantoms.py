@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -12,6 +13,9 @@ from rich.progress import Progress
 
 from cardiofm.errors import ConfigError
 
+if TYPE_CHECKING:
+    from cardiofm.phantoms.scanners import StudySize
+
 app = typer.Typer(
     help="Generate synthetic hospitals (DICOM PACS folders, annotations, ground truth).", no_args_is_help=True
 )
@@ -19,7 +23,7 @@ app = typer.Typer(
 _SIZE_HELP = "Study size preset: tiny (64²×40), small (128²×80) or full (512²×300)."
 
 
-def _size(preset: str, matrix: int | None, slices: int | None):  # type: ignore[no-untyped-def]
+def _size(preset: str, matrix: int | None, slices: int | None) -> StudySize:
     from cardiofm.phantoms.scanners import StudySize
 
     try:

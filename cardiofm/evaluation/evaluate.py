@@ -16,6 +16,7 @@ import numpy as np
 
 from cardiofm.constants import TASK_LANDMARKS
 from cardiofm.contracts.dataset import ManifestCase
+from cardiofm.contracts.landmarks import Point3
 from cardiofm.evaluation.metrics import dice, landmark_errors_mm, summarise_errors
 from cardiofm.imaging.geometry import Grid
 from cardiofm.imaging.nifti import load_nifti
@@ -27,8 +28,6 @@ from cardiofm.training.inference import predict_case
 from cardiofm.training.trainer import resolve_device
 
 logger = logging.getLogger(__name__)
-
-Point3 = tuple[float, float, float]
 
 
 @dataclass

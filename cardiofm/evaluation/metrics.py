@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-Point3 = tuple[float, float, float]
+from cardiofm.contracts.landmarks import Point3
 
 #: Key of the all-landmarks summary in :func:`summarise_errors`.
 POOLED = "pooled"

@@ -18,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from cardiofm.contracts.landmarks import Point3
 from cardiofm.imaging.geometry import Grid, as_point
 
 logger = logging.getLogger(__name__)
 
-Point3 = tuple[float, float, float]
 BBoxLps = tuple[Point3, Point3]
 
 #: Output voxels interpolated per call of map_coordinates (bounds the coordinate array's memory).

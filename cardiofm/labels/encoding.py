@@ -34,10 +34,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from cardiofm.contracts.landmarks import Point3
 from cardiofm.errors import LabelError
 from cardiofm.imaging.geometry import Grid
 
-Point3 = tuple[float, float, float]
 EncodingKind = Literal["sphere", "gaussian"]
 DecodeMethod = Literal["largest_component", "weighted"]
 

@@ -23,8 +23,9 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from cardiofm.contracts.landmarks import Point3
+
 Vec = npt.NDArray[np.float64]
-Point3 = tuple[float, float, float]
 
 QaKind = Literal[
     "implausible-size",

@@ -27,6 +27,7 @@ from pydicom.uid import generate_uid
 
 from cardiofm.constants import TASK_LANDMARKS, TASKS
 from cardiofm.contracts.federation import FederationRecord, SeriesRecord, SiteRecord, StudyRecord
+from cardiofm.contracts.landmarks import Point3
 from cardiofm.contracts.site import SiteConfig
 from cardiofm.imaging.nifti import save_nifti
 from cardiofm.labels.formats import write_landmarks_json
@@ -45,8 +46,6 @@ from cardiofm.phantoms.scanners import (
 from cardiofm.phantoms.site_conventions import AnnotationStyle, make_style, write_case_landmarks, write_site_table
 
 logger = logging.getLogger(__name__)
-
-Point3 = tuple[float, float, float]
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from cardiofm.constants import LANDMARK_NAMES
+from cardiofm.contracts.landmarks import Point3
 from cardiofm.contracts.site import CsvLayout, LandmarkAnnotations, MaskAnnotations, SiteAnnotations
 from cardiofm.labels.formats import write_csv, write_mps, write_mrk_json
 from cardiofm.labels.labelmap import CONVENTIONS
-
-Point3 = tuple[float, float, float]
 
 #: Annotation styles, assigned to sites in turn.
 STYLES: tuple[str, ...] = ("mitk", "slicer-ras", "csv-german", "slicer-reference")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cardiofm.contracts.landmarks import Point3
 from cardiofm.contracts.site import LandmarkAnnotations, SiteConfig
 from cardiofm.contracts.steps import ImportLabelsParams
 from cardiofm.errors import CardioFMError, InputDataError
@@ -39,7 +40,6 @@ from cardiofm.pipeline.case_steps import STUDY_FILE, load_site_config
 
 logger = logging.getLogger(__name__)
 
-Point3 = tuple[float, float, float]
 #: Files of the crop step carried into this step's output (so build-dataset reads one folder).
 CARRIED = ("image.nii.gz", "heart.nii.gz", "crop.json", STUDY_FILE)
 
