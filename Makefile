@@ -10,8 +10,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SEG_VENV := .venvs/segmenter
 SEG_STAMP := $(SEG_VENV)/.installed
-# Debian packages the tests rely on: Orthanc (a real PACS, DICOMweb and DIMSE) for integration tests.
-APT_PACKAGES := orthanc orthanc-dicomweb
+# Debian packages the tests rely on: Orthanc (a real PACS, DICOMweb and DIMSE) for integration tests,
+# nginx (the coordinator's allowlisting reverse proxy in front of the Flower SuperLink).
+APT_PACKAGES := orthanc orthanc-dicomweb nginx
 APT_STAMP := .venvs/.apt-installed
 SEED ?= 0
 SITES ?= 3
@@ -33,7 +34,7 @@ help:
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[train,federated,dev]"
 	@touch $@
 
 setup: $(STAMP)
