@@ -10,7 +10,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +127,9 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     autocast: Callable[[], AbstractContextManager[object]],
     cfg: TrainConfig,
+    regulariser: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """One optimisation step; returns the total and per-task losses."""
+    """One optimisation step; returns the total and per-task losses (``regulariser`` is added in fp32)."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
         outputs = model(batch["image"])
@@ -142,6 +143,10 @@ def train_step(
                 kd = distillation_loss(outputs[t][0], soft, cfg.temperature, confident)
                 total = total + cfg.soft_weight * kd
                 per_task[f"kd_{t}"] = float(kd.detach())
+    if regulariser is not None:
+        reg = regulariser()
+        total = total + reg
+        per_task["proximal"] = float(reg.detach())
     if not torch.isfinite(total):
         raise FloatingPointError(
             f"non-finite training loss {float(total.detach())}; lower the learning rate or check the data"
@@ -149,6 +154,30 @@ def train_step(
     total.backward()
     optimizer.step()
     return {"loss": float(total.detach()), **{k: float(v) for k, v in per_task.items()}}
+
+
+def _load_partial(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ConfigError(f"initial weights name {len(unknown)} tensor(s) the model lacks, e.g. {unknown[:3]}")
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ConfigError(f"initial weights have the wrong shape for {bad[:3]}; was the model config changed?")
+    model.load_state_dict(dict(state), strict=False)
+
+
+def _proximal(
+    params: list[torch.nn.Parameter], anchor: list[torch.Tensor], mu: float
+) -> Callable[[], torch.Tensor] | None:
+    if mu <= 0:
+        return None
+
+    def term() -> torch.Tensor:
+        squares = [((p.float() - a.float()) ** 2).sum() for p, a in zip(params, anchor, strict=True)]
+        return 0.5 * mu * torch.stack(squares).sum()
+
+    return term
 
 
 def _batches(loader: DataLoader[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
@@ -162,10 +191,17 @@ def train(
     out: Path,
     *,
     init: Path | None = None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
     freeze: Freeze = "none",
+    proximal_mu: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train a model for ``cfg.steps`` steps on ``samples`` and write ``out`` (a checkpoint)."""
+    """Train a model for ``cfg.steps`` steps on ``samples`` and write ``out`` (a checkpoint).
+
+    ``init`` (a checkpoint) or ``init_state`` (tensors by name, e.g. the federation's global model; names
+    it lacks keep their fresh initialisation) sets the starting weights. ``proximal_mu`` > 0 adds FedProx's
+    term ``mu/2 * ||w - w_start||²`` over the trained parameters, which keeps a site near the global model.
+    """
     from cardiofm.models.registry import build_model
 
     missing = [t for t in cfg.tasks if t not in model_cfg.heads]
@@ -177,6 +213,8 @@ def train(
     if init is not None:
         ckpt = load_checkpoint(init)
         model.load_state_dict(ckpt.state_dict, strict=False)
+    if init_state is not None:
+        _load_partial(model, init_state)
     _apply_freeze(model, freeze, cfg.tasks)
     model.to(device).train()
     step_model: torch.nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
@@ -184,6 +222,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = MaskedMultiHeadLoss(tasks=cfg.tasks)
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     dataset = PatchDataset(samples, cfg, cfg.tasks)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
@@ -200,7 +239,9 @@ def train(
     start = time.perf_counter()
     for step, batch in enumerate(_batches(loader)):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        record = train_step(step_model, batch, cfg.tasks, loss_fn, optimizer, autocast, cfg)
+        record = train_step(
+            step_model, batch, cfg.tasks, loss_fn, optimizer, autocast, cfg, _proximal(params, anchor, proximal_mu)
+        )
         scheduler.step()
         record["step"] = float(step)
         history.append(record)

@@ -86,3 +86,46 @@ def test_a_non_finite_loss_stops_training_instead_of_being_swallowed() -> None:
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         train_step(model.train(), batch, cfg.tasks, MaskedMultiHeadLoss(tasks=cfg.tasks), optimizer, nullcontext, cfg)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def _tiny_teacher() -> ModelConfig:
+    return ModelConfig(name="resunet-teacher", heads=default_heads("landmarks"), filters=(4, 8, 16, 32))
+
+
+def test_training_starts_from_given_weights_and_refuses_foreign_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cardiofm.errors import ConfigError
+    from cardiofm.training.checkpoint import load_checkpoint
+    from cardiofm.training.trainer import train
+
+    cfg = TrainConfig(tasks=("landmarks",), steps=1, batch_size=1, patch_size=(16, 16, 16), learning_rate=1e-9)
+    start = {k: torch.full_like(v, 0.25) for k, v in build_model(_tiny_teacher()).state_dict().items() if "head" in k}
+    train([_sample()], cfg, _tiny_teacher(), tmp_path / "a.pt", init_state=start)
+    trained = load_checkpoint(tmp_path / "a.pt").state_dict
+    for name, value in start.items():  # a near-zero learning rate: the heads still hold the given weights
+        assert torch.allclose(trained[name].float(), value, atol=1e-5), name
+    with pytest.raises(ConfigError, match="lacks"):
+        train([_sample()], cfg, _tiny_teacher(), tmp_path / "b.pt", init_state={"nope.weight": torch.zeros(1)})
+    name = next(iter(start))
+    with pytest.raises(ConfigError, match="wrong shape"):
+        train([_sample()], cfg, _tiny_teacher(), tmp_path / "c.pt", init_state={name: torch.zeros(7, 7)})
+
+
+def test_fedprox_term_pulls_towards_the_starting_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cardiofm.training.checkpoint import load_checkpoint
+    from cardiofm.training.trainer import train
+
+    cfg = TrainConfig(tasks=("landmarks",), steps=6, batch_size=1, patch_size=(16, 16, 16), warmup_steps=0, seed=3)
+    free = train([_sample()], cfg, _tiny_teacher(), tmp_path / "free.pt")
+    held = train([_sample()], cfg, _tiny_teacher(), tmp_path / "prox.pt", proximal_mu=100.0)
+    assert "proximal" in held.history[-1]
+    assert "proximal" not in free.history[-1]
+    assert held.history[0]["proximal"] == 0.0  # first step: still at the start
+    assert held.history[-1]["proximal"] > 0.0
+    torch.manual_seed(cfg.seed)  # the trainer seeds the same way: both runs started from these weights
+    start = build_model(_tiny_teacher()).state_dict()
+
+    def drift(path):  # type: ignore[no-untyped-def]
+        state = load_checkpoint(path).state_dict
+        return sum(float((state[k].float() - v.float()).norm()) for k, v in start.items() if "weight" in k)
+
+    assert drift(tmp_path / "prox.pt") < drift(tmp_path / "free.pt")
