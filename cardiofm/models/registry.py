@@ -252,7 +252,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _group_of(name: str) -> str:
+def group_of(name: str) -> str:
+    """Aggregation group of a state-dict name: ``backbone`` or the task of its head (``heads.<task>.…``)."""
     if name.startswith(BACKBONE + "."):
         return BACKBONE
     parts = name.split(".")
@@ -284,7 +285,7 @@ def parameter_groups(model: nn.Module, include_buffers: bool = False) -> dict[st
     if isinstance(heads, nn.ModuleDict):
         groups.update({task: [] for task in heads})
     for name in names:
-        groups.setdefault(_group_of(name), []).append(name)
+        groups.setdefault(group_of(name), []).append(name)
     return groups
 
 
@@ -297,7 +298,7 @@ def freeze_backbone(model: nn.Module) -> list[str]:
         Names of the parameters that remain trainable.
     """
     for name, param in model.named_parameters():
-        if _group_of(name) == BACKBONE:
+        if group_of(name) == BACKBONE:
             param.requires_grad_(False)
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
@@ -321,7 +322,7 @@ def only_last_layer(model: nn.Module, task: str) -> list[str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"model has no head {task!r}{hint}; heads: {known}")
     for name, param in model.named_parameters():
-        group = _group_of(name)
+        group = group_of(name)
         if group == BACKBONE:
             param.requires_grad_(False)
         elif group == task:
@@ -371,4 +372,4 @@ def conditioned_input(image: Tensor, heart: Tensor | None, mode: str) -> Tensor:
 def head_parameters(model: nn.Module, tasks: Sequence[str]) -> list[nn.Parameter]:
     """Parameters of the given heads (e.g. for a separate optimiser group)."""
     wanted = set(tasks)
-    return [p for n, p in model.named_parameters() if _group_of(n) in wanted]
+    return [p for n, p in model.named_parameters() if group_of(n) in wanted]
