@@ -39,6 +39,14 @@ class LabelError(InputDataError):
     exit_code = 4
 
 
+class MalformedUpdateError(InputDataError):
+    """A site's federated update is unusable: unknown tensor, wrong shape or dtype, non-finite values, bad counts.
+
+    The message names the tensor (or metric) and the problem, never patient data. The coordinator leaves the
+    update out of the round and aggregates the other sites' updates.
+    """
+
+
 class ExternalToolError(CardioFMError):
     """An external program (dcm2niix, TotalSegmentator, a PACS) failed.
 
