@@ -66,6 +66,18 @@ class MissingResourceError(CardioFMError):
     exit_code = 6
 
 
+class UntrustedAppError(CardioFMError):
+    """The coordinator shipped an app bundle whose SHA-256 this site did not pin; nothing of it ran."""
+
+    exit_code = 7
+
+
+class FederationTimeoutError(CardioFMError):
+    """A federated run did not finish within the configured time limit; its processes were stopped."""
+
+    exit_code = 8
+
+
 class NothingToDoError(CardioFMError):
     """Nothing to do for this input; the step is skipped, not failed."""
 

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from cardiofm import __version__
-from cardiofm.cli import demo, phantoms, prepare, step, train
+from cardiofm.cli import coordinator, demo, phantoms, prepare, site, step, train
 from cardiofm.errors import CardioFMError
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 app.add_typer(phantoms.app, name="phantoms")
 app.add_typer(step.app, name="step")
+app.add_typer(coordinator.app, name="coordinator")
+app.add_typer(site.app, name="site")
 app.command("prepare")(prepare.prepare)
 app.command("train")(train.train)
 app.command("pseudolabel")(train.pseudolabel)
