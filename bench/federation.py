@@ -1,0 +1,211 @@
+"""Federation benchmark: coordinator memory against the number of sites, and round overhead.
+
+Usage::
+
+    python bench/federation.py [--sites 4 16 64] [--model student|tiny] [--skip-overhead]
+
+**Memory.** One aggregation round at the student's model size with 4, 16 and 64 simulated sites, each
+in a fresh process (peak RSS cannot be reset within one): Flower's stock path (``send_and_receive``
+collects every reply, stock FedAvg) against cardiofm's (a :class:`~cardiofm.federated.streaming.StreamingGrid`
+hands replies one by one to the partial-label strategy, which folds them into a running sum). The
+simulated sites are a Flower ``Grid`` that builds each site's update when it is pulled, so only the
+coordinator side is measured. Target: cardiofm's peak at 64 sites ≤ 1.5× its peak at 4.
+
+**Round overhead.** A real SuperLink and SuperNodes on loopback, the cardiofm app with one local step per
+round: round wall time minus the slowest site's reported local training time, against Flower's own
+polling floor (the SuperNode's 3 s idle poll plus the stock grid's 3 s reply poll). Target: ≤ 2×.
+
+Prints one JSON object with every figure and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+#: Flower 1.42's fixed sleeps (SuperNode idle poll, stock ``send_and_receive`` poll), in seconds.
+FLOWER_SUPERNODE_POLL_S = 3.0
+FLOWER_GRID_POLL_S = 3.0
+
+# --------------------------------------------------------------------------------------------------
+# memory: one round in a child process
+# --------------------------------------------------------------------------------------------------
+
+
+def _global_state(model: str) -> dict[str, np.ndarray]:
+    from cardiofm.models.config import ModelConfig
+    from cardiofm.models.registry import build_model
+
+    cfg = ModelConfig.student() if model == "student" else ModelConfig.student(feature_size=12, depths=(1, 1, 1, 1))
+    return {k: v.detach().numpy().copy() for k, v in build_model(cfg).state_dict().items()}
+
+
+def _site_tasks(site: int, heads: list[str], partial: bool) -> list[str]:
+    """A Fig. 2-like skew: every site trains the backbone and one or two heads."""
+    if not partial:
+        return heads
+    return [heads[site % len(heads)], heads[(site + 1) % len(heads)]] if site % 3 else [heads[site % len(heads)]]
+
+
+def _synthetic_grid(state: dict[str, np.ndarray], sites: int, partial: bool) -> Any:
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp import Grid
+
+    from cardiofm.models.registry import group_of
+
+    heads = sorted({group_of(k) for k in state} - {"backbone"})
+
+    class SyntheticSites(Grid):
+        """Sites that answer at once; each update is built only when it is pulled."""
+
+        def __init__(self) -> None:
+            self.sent: dict[str, Message] = {}
+
+        def set_run(self, run: Any) -> None:
+            raise NotImplementedError
+
+        @property
+        def run(self) -> Any:
+            raise NotImplementedError
+
+        def create_message(  # type: ignore[no-untyped-def]
+            self, content, message_type, dst_node_id, group_id, ttl=None
+        ) -> Message:
+            return Message(content, dst_node_id, message_type, group_id=group_id)
+
+        def get_node_ids(self) -> Iterable[int]:
+            return list(range(1, sites + 1))
+
+        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+            ids = []
+            for n, message in enumerate(messages):
+                message.metadata.__dict__["_message_id"] = f"m{n}"
+                self.sent[f"m{n}"] = message
+                ids.append(f"m{n}")
+            return ids
+
+        def _reply(self, message: Message) -> Message:
+            site = message.metadata.dst_node_id
+            tasks = _site_tasks(site, heads, partial)
+            rng = np.random.default_rng(site)
+            trained = {
+                k: (v + rng.normal(0, 1e-3, v.shape).astype(v.dtype)) if v.dtype.kind == "f" else v
+                for k, v in state.items()
+                if group_of(k) == "backbone" or group_of(k) in tasks
+            }
+            counts = {"num-examples": 10 + site, "n-backbone": 10 + site}
+            counts.update({f"n-{h}": (10 + site if h in tasks else 0) for h in heads})
+            metrics = MetricRecord({**counts, "train-loss": 1.0, **{f"train-loss-{h}": 1.0 for h in heads}})
+            content = RecordDict(
+                {"arrays": ArrayRecord({k: _array(v) for k, v in trained.items()}), "metrics": metrics}
+            )
+            return Message(content, reply_to=message)
+
+        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+            return [self._reply(self.sent[i]) for i in message_ids]
+
+        def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+            # Flower's stock behaviour: every reply pulled and held in one list before aggregation.
+            return list(self.pull_messages(list(self.push_messages(messages))))
+
+    return SyntheticSites()
+
+
+def _array(value: np.ndarray) -> Any:
+    from flwr.app import Array
+
+    return Array(value)
+
+
+def one_round(mode: str, sites: int, model: str) -> dict[str, float]:
+    """Run one aggregation round; return peak RSS and seconds (called in a child process)."""
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        setattr(TaskIdentity, name, value)
+    state = _global_state(model)
+    arrays = ArrayRecord({k: _array(v) for k, v in state.items()})
+    model_mb = sum(v.nbytes for v in state.values()) / 2**20
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    if mode == "stock":
+        from flwr.serverapp.strategy import FedAvg
+
+        grid = _synthetic_grid(state, sites, partial=False)
+        stock = FedAvg(fraction_evaluate=0.0, min_available_nodes=sites, min_train_nodes=sites)
+        replies = grid.send_and_receive(stock.configure_train(1, arrays, ConfigRecord(), grid))
+        result, _ = stock.aggregate_train(1, replies)
+    else:
+        from cardiofm.federated.strategy import build_strategy
+        from cardiofm.federated.streaming import StreamingGrid
+
+        grid = StreamingGrid(_synthetic_grid(state, sites, partial=True), poll_s=0.0)
+        ours = build_strategy("fedavg", min_nodes=sites, proximal_mu=0.0, server_lr=1.0)
+        replies = grid.send_and_receive(ours.configure_train(1, arrays, ConfigRecord(), grid), timeout=None)
+        result, _ = ours.aggregate_train(1, replies)
+    seconds = time.perf_counter() - start
+    assert result is not None, "aggregation produced no model"
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_rss_mb": peak_mb, "before_round_mb": base_mb, "model_mb": model_mb, "seconds": seconds}
+
+
+def memory_table(site_counts: list[int], model: str, stock_max_sites: int) -> dict[str, Any]:
+    """Peak RSS of one round per (mode, sites), each in a fresh process.
+
+    Flower's stock path holds every update: at the student's size and 64 sites that is over 16 GB, so it
+    runs only up to ``stock_max_sites``.
+    """
+    rows: dict[str, dict[str, Any]] = {"stock": {}, "cardiofm": {}}
+    for mode in rows:
+        for n in site_counts:
+            if mode == "stock" and n > stock_max_sites:
+                continue
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", mode, str(n), "--model", model],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows[mode][str(n)] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  {mode:8s} {n:3d} sites: {rows[mode][str(n)]}", file=sys.stderr)
+    lo, hi = str(min(site_counts)), str(max(site_counts))
+    stock_hi = str(max(int(n) for n in rows["stock"]))
+    peak = {mode: {n: row["peak_rss_mb"] for n, row in by_n.items()} for mode, by_n in rows.items()}
+    return {
+        "rows": rows,
+        "model_mb": rows["cardiofm"][lo]["model_mb"],
+        f"cardiofm_peak_ratio_{hi}_vs_{lo}": peak["cardiofm"][hi] / peak["cardiofm"][lo],
+        f"stock_peak_ratio_{stock_hi}_vs_{lo}": peak["stock"][stock_hi] / peak["stock"][lo],
+        f"cardiofm_vs_stock_peak_at_{stock_hi}": peak["cardiofm"][stock_hi] / peak["stock"][stock_hi],
+        "target": f"cardiofm peak at {hi} sites <= 1.5x its peak at {lo}",
+        "target_met": peak["cardiofm"][hi] <= 1.5 * peak["cardiofm"][lo],
+    }
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--model", choices=["student", "tiny"], default="student")
+    parser.add_argument("--stock-max-sites", type=int, default=16)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--one", nargs=2, metavar=("MODE", "SITES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_round(args.one[0], int(args.one[1]), args.model)))
+        return
+    report: dict[str, Any] = {"memory": memory_table(sorted(args.sites), args.model, args.stock_max_sites)}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
