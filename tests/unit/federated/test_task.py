@@ -1,0 +1,407 @@
+"""Local federated work at a site: only trained tensors leave, with honest counts and no identifiers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid as FlowerGrid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.contracts.dataset import DatasetManifest, ManifestCase, SourceRef
+from cardiofm.contracts.federated_run import FederatedRunConfig, SiteNodeConfig
+from cardiofm.contracts.preprocessing import PreprocessingConfig
+from cardiofm.errors import CardioFMError, ConfigError, InputDataError, MissingResourceError
+from cardiofm.federated import client_app, server_app, task
+from cardiofm.federated.fab import app_pyproject, default_run_config
+from cardiofm.imaging.geometry import Grid
+from cardiofm.imaging.nifti import save_nifti
+from cardiofm.labels.formats import write_landmarks_json
+from cardiofm.models.config import ModelConfig
+from cardiofm.models.registry import BACKBONE, build_model, group_of
+from cardiofm.training.checkpoint import load_checkpoint
+from cardiofm.training.config import TrainConfig
+
+SHAPE = (24, 24, 24)
+SPACING_MM = 2.0
+STUDY_UID = "1.2.826.0.1.3680043.8.498.11111111111111"
+SERIES_UID = "1.2.826.0.1.3680043.8.498.22222222222222"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny models on a shared CPU run many times faster without thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _case(root: Path, case_id: str, tasks: list[str], rng: np.random.Generator) -> ManifestCase:
+    grid = Grid(shape=SHAPE, spacing_mm=(SPACING_MM,) * 3, origin_lps_mm=(0.0, 0.0, 0.0))
+    folder = root / "cases" / case_id
+    image = rng.normal(0.0, 100.0, SHAPE).astype(np.float32)
+    image[8:16, 8:16, 8:16] += 400.0
+    save_nifti(folder / "image.nii.gz", image, grid)
+    names: list[str] = []
+    if "landmarks" in tasks:
+        names = list(TASK_LANDMARKS["landmarks"])
+        points = {n: (16.0 + 3 * i, 20.0, 24.0 - 2 * i) for i, n in enumerate(names)}
+        write_landmarks_json(folder / "labels" / "landmarks.json", points)
+    if "calcification" in tasks:
+        mask = np.zeros(SHAPE, dtype=np.uint8)
+        mask[10:13, 10:13, 10:13] = 1
+        save_nifti(folder / "labels" / "calcification.nii.gz", mask, grid)
+    return ManifestCase(
+        case_id=case_id,
+        split="train",
+        tasks=tasks,
+        landmarks=names,
+        source=SourceRef(study_uid=f"{STUDY_UID}.{case_id[-1]}", series_uid=f"{SERIES_UID}.{case_id[-1]}"),
+        shape=SHAPE,
+        spacing_mm=(SPACING_MM,) * 3,
+    )
+
+
+def _site(tmp_path: Path, name: str, case_tasks: list[list[str]]) -> SiteNodeConfig:
+    rng = np.random.default_rng(7)
+    root = tmp_path / name / "dataset"
+    cases = [_case(root, f"case-{name}-{n:04d}", tasks, rng) for n, tasks in enumerate(case_tasks)]
+    manifest = DatasetManifest(site_id=name, created_with="test", split_seed=0, test_fraction=0.0, cases=cases)
+    (root / "manifest.json").write_text(manifest.model_dump_json())
+    return SiteNodeConfig(dataset=root, work_dir=tmp_path / name / "work")
+
+
+def _case_ids(site: SiteNodeConfig) -> list[str]:
+    return client_app.private_identifiers(site)
+
+
+def _teacher_spec(task_name: str = "landmarks") -> task.StageSpec:
+    return task.StageSpec(
+        stage=f"teacher:{task_name}",
+        model=ModelConfig.teacher(task_name, filters=(4, 8, 16, 32)),
+        train=TrainConfig(
+            tasks=(task_name,),
+            patch_size=(16, 16, 16),
+            batch_size=1,
+            steps=2,
+            warmup_steps=0,
+            augment=False,
+            preprocessing=PreprocessingConfig(spacing_mm=SPACING_MM),
+        ),
+    )
+
+
+def _assert_no_identifiers(metrics: dict[str, int | float], identifiers: list[str]) -> None:
+    assert identifiers
+    for key, value in metrics.items():
+        assert isinstance(value, int | float), key
+        for ident in identifiers:
+            assert ident not in key
+            assert ident not in str(value)
+
+
+def test_teacher_round_returns_backbone_and_its_head_with_counts(tmp_path: Path) -> None:
+    site = _site(tmp_path, "a", [["landmarks"], ["landmarks", "calcification"], ["calcification"]])
+    spec = _teacher_spec()
+    state = task.initial_state(spec)
+    update = task.train_local(site, spec, state, server_round=1)
+    model = build_model(spec.model)
+    params = {n for n, _ in model.named_parameters()}
+    assert set(update.arrays) == params  # a teacher is backbone + its head: all of it was trained
+    assert all(update.arrays[n].shape == p.shape for n, p in model.named_parameters())
+    assert not any(torch.equal(update.arrays[n], state[n]) for n in update.arrays if group_of(n) == "landmarks")
+    metrics = update.metrics()
+    assert metrics["num-examples"] == 2  # the calcification-only case cannot train a landmark teacher
+    assert metrics["n-landmarks"] == 2
+    assert set(metrics) == {"num-examples", "n-landmarks", "train-loss", "train-loss-landmarks", "train-seconds"}
+    assert metrics["train-loss"] > 0
+    _assert_no_identifiers(metrics, _case_ids(site))
+
+
+def test_site_without_labels_for_the_task_returns_nothing_but_the_same_keys(tmp_path: Path) -> None:
+    site = _site(tmp_path, "b", [["calcification"], []])
+    spec = _teacher_spec("landmarks")
+    update = task.train_local(site, spec, task.initial_state(spec), server_round=1)
+    assert update.arrays == {}
+    labelled = task.train_local(_site(tmp_path, "c", [["landmarks"]]), spec, task.initial_state(spec), 1)
+    assert set(update.metrics()) == set(labelled.metrics())  # Flower needs identical keys from every site
+    assert update.metrics()["n-landmarks"] == 0
+    assert update.metrics()["num-examples"] == 0
+
+
+def test_finetune_returns_only_heads_the_site_holds_labels_for(tmp_path: Path) -> None:
+    site = _site(tmp_path, "d", [["landmarks"], ["landmarks"]])
+    student = ModelConfig.student(
+        feature_size=12,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        heads={"landmarks": 6, "septum": 3, "calcification": 2},
+    )
+    spec = task.StageSpec(
+        stage="finetune",
+        model=student,
+        train=_teacher_spec().train.model_copy(
+            update={"tasks": ("landmarks", "septum", "calcification"), "patch_size": (64, 64, 64), "steps": 1}
+        ),
+        freeze="backbone",
+    )
+    update = task.train_local(site, spec, task.initial_state(spec), server_round=2)
+    groups = {group_of(n) for n in update.arrays}
+    assert groups == {"landmarks"}  # frozen backbone and unlabelled heads stay home
+    model = build_model(student)
+    head = {n for n, _ in model.named_parameters() if group_of(n) == "landmarks"}
+    assert set(update.arrays) == head
+    metrics = update.metrics()
+    assert (metrics["n-landmarks"], metrics["n-septum"], metrics["n-calcification"]) == (2, 0, 0)
+    assert metrics["train-loss-septum"] == 0.0
+    assert BACKBONE not in groups
+
+
+def test_evaluation_reports_aggregate_numbers_only(tmp_path: Path) -> None:
+    site = _site(tmp_path, "e", [["landmarks"], ["landmarks", "calcification"]])
+    spec = _teacher_spec()
+    spec = task.StageSpec(spec.stage, spec.model, spec.train, eval_split="all")
+    metrics = task.evaluate_local(site, spec, task.initial_state(spec))
+    assert metrics["num-examples"] == 2
+    assert metrics["n-landmarks"] == 2 * len(TASK_LANDMARKS["landmarks"])
+    assert 0.0 <= metrics["failure-rate-landmarks"] <= 1.0
+    assert set(metrics) == {"num-examples", "n-landmarks", "mean-mm-landmarks", "failure-rate-landmarks"}
+    _assert_no_identifiers(metrics, _case_ids(site))
+
+
+def test_received_model_is_saved_and_pseudolabels_come_from_it(tmp_path: Path) -> None:
+    site = _site(tmp_path, "f", [["landmarks"], []])
+    spec = _teacher_spec()
+    with pytest.raises(MissingResourceError, match="teacher"):
+        task.pseudolabel_site(site)
+    state = task.initial_state(spec)
+    path = task.save_global_model(site, spec, state)
+    assert path == site.work_dir / "models" / "teacher-landmarks.pt"
+    assert task.received_teachers(site) == {"landmarks": path}
+    written = task.pseudolabel_site(site)
+    assert written == {"landmarks": 2}
+    record = json.loads((site.work_dir / "pseudo-labels" / "teachers.json").read_text())
+    assert record["landmarks"]["spacing_mm"] == SPACING_MM
+    distill = task.StageSpec(
+        "distill", spec.model, spec.train.model_copy(update={"preprocessing": PreprocessingConfig()})
+    )
+    with pytest.raises(ConfigError, match="grid"):
+        task.train_local(site, distill, state, 1)
+
+
+def test_distill_without_pseudolabels_says_what_to_do(tmp_path: Path) -> None:
+    site = _site(tmp_path, "g", [["landmarks"]])
+    spec = _teacher_spec()
+    distill = task.StageSpec("distill", spec.model, spec.train)
+    with pytest.raises(MissingResourceError, match="pseudo-label step"):
+        task.train_local(site, distill, task.initial_state(spec), 1)
+
+
+def test_stage_spec_round_trips_through_a_config_record() -> None:
+    spec = _teacher_spec()
+    record = ConfigRecord({**spec.to_config()})
+    again = task.StageSpec.from_config(dict(record))
+    assert again == spec
+    with pytest.raises(ConfigError, match="lacks 'model-config'"):
+        task.StageSpec.from_config({"stage": "distill"})
+
+
+def _run(**overrides: object) -> FederatedRunConfig:
+    values: dict[str, object] = {"stage": "teacher:landmarks", "out-dir": "/srv/cardiofm/runs", **overrides}
+    return FederatedRunConfig.from_run_config(values)
+
+
+def test_run_config_parses_kebab_case_and_lists() -> None:
+    run = _run(**{"teacher-filters": "4,8,16,32", "num-rounds": 2, "tasks": "landmarks,septum"})
+    assert run.teacher_filters == (4, 8, 16, 32)
+    assert run.tasks == ("landmarks", "septum")
+    assert run.stage_tasks == ("landmarks",)
+    assert FederatedRunConfig.from_run_config(run.to_run_config()) == run
+    spec = task.stage_spec(run.model_copy(update={"patch_size_vox": 16}))
+    assert spec.model.name == "resunet-teacher"
+    assert spec.model.filters == (4, 8, 16, 32)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stage": "teacher:landmark"}, "did you mean 'teacher:landmarks'"),
+        ({"stage": "distil"}, "did you mean 'distill'"),
+        ({"num-round": 3}, "did you mean 'num-rounds'"),
+        ({"strategy": "fedprox"}, "proximal-mu > 0"),
+        ({"stage": "finetune"}, "needs init-checkpoint"),
+        ({"out-dir": "runs"}, "out-dir must be an absolute"),
+        ({"teacher-filters": "4,x"}, "teacher-filters"),
+        ({"local-steps": 0}, "local-steps"),
+    ],
+)
+def test_run_config_errors_name_the_key(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _run(**overrides)
+
+
+def test_node_config_needs_dataset_and_work_dir() -> None:
+    with pytest.raises(ConfigError, match="work-dir"):
+        SiteNodeConfig.from_node_config({"dataset": "/data/site"})
+    site = SiteNodeConfig.from_node_config({"dataset": "/data/site", "work-dir": "/srv/site-work", "site-name": "A"})
+    assert site.work_dir == Path("/srv/site-work")
+
+
+def test_student_patch_and_version_checks() -> None:
+    with pytest.raises(ConfigError, match="at least 64"):
+        task.stage_spec(_run(stage="distill", **{"patch-size-vox": 32}))
+    with pytest.raises(ConfigError, match=r"built for cardiofm 0\.0\.0"):
+        task.check_version(_run(**{"cardiofm-version": "0.0.0"}))
+
+
+def test_app_bundle_config_lists_every_run_key_and_points_at_the_installed_package() -> None:
+    defaults = default_run_config()
+    assert set(defaults) == {name.replace("_", "-") for name in FederatedRunConfig.model_fields}
+    text = app_pyproject()
+    assert 'serverapp = "cardiofm.federated.server_app:app"' in text
+    assert 'clientapp = "cardiofm.federated.client_app:app"' in text
+    run = FederatedRunConfig.from_run_config({**defaults, "stage": "distill", "out-dir": "/srv/runs"})
+    task.check_version(run)
+
+
+def test_client_errors_leave_the_site_without_case_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = _site(tmp_path, "h", [["landmarks"]])
+    case_id = _case_ids(site)[0]
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise InputDataError(f"case {case_id} (study {STUDY_UID}.0) in {site.dataset} has no usable image")
+
+    monkeypatch.setattr(task, "train_local", broken)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    spec = _teacher_spec()
+    config = ConfigRecord({**spec.to_config(), "server-round": 1})
+    content = RecordDict({"config": config, "arrays": ArrayRecord(task.initial_state(spec))})
+    msg = Message(content=content, dst_node_id=1, message_type="train")
+    node_config: dict[str, bool | float | int | str] = {"dataset": str(site.dataset), "work-dir": str(site.work_dir)}
+    run_config = _run().to_run_config()
+    context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
+    with pytest.raises(CardioFMError) as info:
+        client_app.train(msg, context)
+    text = str(info.value)
+    assert "InputDataError" in text
+    assert "no usable image" in text
+    assert case_id not in text
+    assert STUDY_UID not in text
+    assert str(site.dataset) not in text
+
+
+def _wire(message: Message) -> Message:
+    """Deflate and inflate a message as the SuperLink does between ServerApp and ClientApp."""
+    contents = {object_id: obj.deflate() for object_id, obj in get_all_nested_objects(message).items()}
+    inflated = inflate_object_from_contents(message.object_id, contents)
+    assert isinstance(inflated, Message)
+    return inflated
+
+
+class InProcessGrid(FlowerGrid):
+    """Delivers each message to the ClientApp handlers of in-process sites (node ids 1..n)."""
+
+    def __init__(self, sites: dict[int, SiteNodeConfig], run_config: dict[str, Any]) -> None:
+        self.sites = sites
+        self.run_config = run_config
+        self.replies: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.sites)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        handlers = {"train": client_app.train, "evaluate": client_app.evaluate, "query": client_app.query}
+        ids = []
+        for message in messages:
+            instruction = _wire(message)
+            node = instruction.metadata.dst_node_id
+            site = self.sites[node]
+            node_config: dict[str, bool | float | int | str] = {
+                "dataset": str(site.dataset),
+                "work-dir": str(site.work_dir),
+            }
+            context = Context(7, node, node_config, RecordDict(), self.run_config)
+            reply = handlers[instruction.metadata.message_type](instruction, context)
+            ids.append(f"m{len(self.replies)}")
+            self.replies[ids[-1]] = _wire(reply)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(i) for i in message_ids if i in self.replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        raise NotImplementedError  # the ServerApp streams replies through push_messages / pull_messages
+
+
+@pytest.fixture
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_server_app_trains_checkpoints_delivers_and_evaluates(tmp_path: Path) -> None:
+    sites = {1: _site(tmp_path, "s1", [["landmarks"], ["calcification"]]), 2: _site(tmp_path, "s2", [[], []])}
+    out = tmp_path / "coordinator"
+    teacher = {
+        "stage": "teacher:landmarks",
+        "out-dir": str(out),
+        "num-rounds": 2,
+        "local-steps": 1,
+        "batch-size": 1,
+        "patch-size-vox": 16,
+        "spacing-mm": SPACING_MM,
+        "teacher-filters": "4,8,16,32",
+        "evaluate-each-round": True,
+        "eval-split": "all",
+    }
+    run = FederatedRunConfig.from_run_config(teacher)
+    summary_path = server_app.run_stage(InProcessGrid(sites, run.to_run_config()), run, run_id=7)
+    summary = json.loads(summary_path.read_text())
+    assert summary_path.parent == out / "run-7-teacher-landmarks"
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    per_site = summary["rounds"][0]["train"]["metrics"]
+    assert (per_site["1"]["n-landmarks"], per_site["2"]["n-landmarks"]) == (1, 0)  # site 2 holds no labels
+    assert all(len(r["evaluate"]["answered"]) == 2 for r in summary["rounds"])
+    assert set(summary["evaluate_metrics"]) == {"1", "2"}
+    assert summary["final"] == {"checkpoint": "global.pt", "sites": 2, "sites_saved_model": 2, "sites_shut_down": 2}
+    final = load_checkpoint(summary_path.parent / "global.pt")
+    for site in sites.values():  # the final model reaches every site, also the one without labels
+        received = load_checkpoint(site.work_dir / "models" / "teacher-landmarks.pt")
+        assert all(torch.equal(received.state_dict[k], v) for k, v in final.state_dict.items())
+        assert json.loads((site.work_dir / "run-finished").read_text())["run_id"] == 7
+    assert (summary_path.parent / "round-002.pt").is_file()
+
+    evaluate = {**teacher, "stage": "evaluate", "init-checkpoint": str(summary_path.parent / "global.pt")}
+    run = FederatedRunConfig.from_run_config(evaluate)
+    summary = json.loads(server_app.run_stage(InProcessGrid(sites, run.to_run_config()), run, run_id=8).read_text())
+    assert summary["evaluation"]["num-examples"] == 4
+    assert summary["evaluation"]["n-landmarks"] == len(TASK_LANDMARKS["landmarks"])  # the one labelled case
+    assert 0.0 <= summary["evaluation"]["failure-rate-landmarks"] <= 1.0
+    assert len(summary["rounds"][0]["evaluate"]["answered"]) == 2
