@@ -144,7 +144,7 @@ class PartialLabelStrategy(FedAvg):
         started = time.monotonic()
         mean = GroupWeightedMean(self._global, self._groups.__getitem__)
         metric_mean = MetricMean()
-        rejected = failed = 0
+        rejected = failed = abstained = 0
         seen: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -164,6 +164,10 @@ class PartialLabelStrategy(FedAvg):
                 continue
             try:
                 update, metrics = self._read_reply(reply.content)
+                if not update.tensors and not any(update.counts.values()):
+                    abstained += 1  # no labels for this stage's tasks: the site sits the round out
+                    logger.info("round %d: node %d holds no labels for this stage and sat it out", server_round, node)
+                    continue
                 mean.add(update)
             except MalformedUpdateError as err:
                 rejected += 1
@@ -173,15 +177,16 @@ class PartialLabelStrategy(FedAvg):
             del update, metrics  # keep only the running sums
         if mean.sites == 0:
             logger.warning(
-                "round %d: no usable update (%d rejected, %d failed); the global model is unchanged",
+                "round %d: no usable update (%d rejected, %d failed, %d without labels); the global model is unchanged",
                 server_round,
                 rejected,
                 failed,
+                abstained,
             )
             return None, None
         arrays = self._new_global(mean, sent)
         metric_values: dict[str, MetricRecordValues] = dict(metric_mean.result())
-        self._log_round(server_round, mean, metric_values, (rejected, failed), started)
+        self._log_round(server_round, mean, metric_values, (rejected, failed, abstained), started)
         return arrays, MetricRecord(metric_values)
 
     def _read_reply(self, content: RecordDict) -> tuple[SiteUpdate, MetricRecord]:
@@ -216,16 +221,17 @@ class PartialLabelStrategy(FedAvg):
         server_round: int,
         mean: GroupWeightedMean,
         metrics: dict[str, MetricRecordValues],
-        rejected_failed: tuple[int, int],
+        rejected_failed_abstained: tuple[int, int, int],
         started: float,
     ) -> None:
         """Participants, per-group counts, mean losses and durations; never site data."""
         now = time.monotonic()
         logger.info(
-            "round %d: %d update(s) aggregated, %d rejected, %d failed; aggregation %.2f s, round %.1f s",
+            "round %d: %d update(s) aggregated, %d rejected, %d failed, %d without labels; "
+            "aggregation %.2f s, round %.1f s",
             server_round,
             mean.sites,
-            *rejected_failed,
+            *rejected_failed_abstained,
             now - started,
             now - self._round_started,
         )

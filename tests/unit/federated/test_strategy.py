@@ -278,7 +278,23 @@ def test_error_reply_is_counted_and_round_goes_on(caplog: pytest.LogCaptureFixtu
     text = caplog.text
     assert "node 3 replied with error code 7" in text
     assert "patient-123" not in text  # a site's error text is not copied into the coordinator's log
-    assert "2 update(s) aggregated, 0 rejected, 1 failed" in text
+    assert "2 update(s) aggregated, 0 rejected, 1 failed, 0 without labels" in text
+
+
+def test_a_site_without_labels_sits_the_round_out_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    strategy = build_strategy("fedavg", min_nodes=2)
+    expected, _ = strategy.aggregate_train(1, round_replies(strategy, [SITE_A, SITE_B]))
+    strategy = build_strategy("fedavg", min_nodes=3)
+    with caplog.at_level(logging.INFO, logger="cardiofm.federated.strategy"):
+        arrays, metrics = strategy.aggregate_train(
+            1, round_replies(strategy, [SITE_A, SITE_B, _bad({}, metrics_for(0, {}, 0.0))])
+        )
+    for name, array in values(expected).items():
+        np.testing.assert_array_equal(values(arrays)[name], array)
+    assert metrics is not None
+    assert metrics["num-examples"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "2 update(s) aggregated, 0 rejected, 0 failed, 1 without labels" in caplog.text
 
 
 def test_second_reply_of_a_node_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
@@ -297,7 +313,7 @@ def test_round_log_has_participants_groups_losses_and_duration(caplog: pytest.Lo
     with caplog.at_level(logging.INFO, logger="cardiofm.federated.strategy"):
         strategy.aggregate_train(4, round_replies(strategy, [SITE_A, SITE_B, SITE_C]))
     text = caplog.text
-    assert "round 4: 3 update(s) aggregated, 0 rejected, 0 failed; aggregation" in text
+    assert "round 4: 3 update(s) aggregated, 0 rejected, 0 failed, 0 without labels; aggregation" in text
     assert "round 4: group septum: 2 site(s), 400 example(s)" in text
     assert "round 4: group backbone: 3 site(s), 450 example(s)" in text
     assert "round 4: no site trained heart; kept unchanged" in text
@@ -309,7 +325,7 @@ def test_no_usable_reply_keeps_the_global_model(caplog: pytest.LogCaptureFixture
     with caplog.at_level(logging.WARNING, logger="cardiofm.federated.strategy"):
         result = strategy.aggregate_train(1, round_replies(strategy, [MALFORMED["NaN"][0]]))
     assert result == (None, None)
-    assert "no usable update (1 rejected, 0 failed)" in caplog.text
+    assert "no usable update (1 rejected, 0 failed, 0 without labels)" in caplog.text
 
 
 def test_aggregate_before_configure_is_an_error() -> None:
