@@ -2,7 +2,8 @@
 
 Usage::
 
-    python bench/federation.py [--sites 4 16 64] [--model student|tiny] [--skip-overhead]
+    python bench/federation.py [--sites 4 16 64] [--model student|tiny] [--rounds 3]
+                               [--skip-overhead] [--skip-memory]
 
 **Memory.** One aggregation round at the student's model size with 4, 16 and 64 simulated sites, each
 in a fresh process (peak RSS cannot be reset within one): Flower's stock path (``send_and_receive``
@@ -11,9 +12,11 @@ hands replies one by one to the partial-label strategy, which folds them into a 
 simulated sites are a Flower ``Grid`` that builds each site's update when it is pulled, so only the
 coordinator side is measured. Target: cardiofm's peak at 64 sites ≤ 1.5× its peak at 4.
 
-**Round overhead.** A real SuperLink and SuperNodes on loopback, the cardiofm app with one local step per
-round: round wall time minus the slowest site's reported local training time, against Flower's own
-polling floor (the SuperNode's 3 s idle poll plus the stock grid's 3 s reply poll). Target: ≤ 2×.
+**Round overhead.** A real SuperLink and two SuperNodes on loopback, the cardiofm app (a teacher stage,
+one local step per round): round wall time minus the slowest site's reported local training time,
+against Flower's own polling floor, measured in the same run on the same SuperLink: the round time of
+a stock ServerApp/ClientApp that exchanges one tiny array and does nothing else (SuperNode poll,
+ClientApp process start, the stock grid's 3 s reply poll). Target: ≤ 2×.
 
 Prints one JSON object with every figure and ratio.
 """
@@ -21,8 +24,10 @@ Prints one JSON object with every figure and ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -191,6 +196,197 @@ def memory_table(site_counts: list[int], model: str, stock_max_sites: int) -> di
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# round overhead: real SuperLink and SuperNodes on loopback
+# --------------------------------------------------------------------------------------------------
+
+_STOCK_APP = {
+    "pyproject.toml": """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "stock-floor"
+version = "1.0.0"
+dependencies = ["flwr==1.42.0"]
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "bench"
+
+[tool.flwr.app.components]
+serverapp = "stockfloor.server:app"
+clientapp = "stockfloor.client:app"
+
+[tool.flwr.app.config]
+num-rounds = 3
+out = ""
+""",
+    "stockfloor/__init__.py": "",
+    "stockfloor/client.py": """import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context) -> Message:
+    arrays = msg.content.array_records["arrays"]
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+""",
+    "stockfloor/server.py": """import json
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, RecordDict
+from flwr.serverapp import ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context) -> None:
+    rounds = int(context.run_config["num-rounds"])
+    while len(list(grid.get_node_ids())) < 2:
+        time.sleep(0.5)
+    arrays = ArrayRecord({"w": Array(np.zeros(16, np.float32))})
+    seconds = []
+    for r in range(1, rounds + 1):
+        start = time.monotonic()
+        messages = [
+            grid.create_message(RecordDict({"arrays": arrays, "config": ConfigRecord()}), MessageType.TRAIN, n, str(r))
+            for n in grid.get_node_ids()
+        ]
+        replies = list(grid.send_and_receive(messages, timeout=600))
+        assert len(replies) == len(messages)
+        seconds.append(time.monotonic() - start)
+    with open(context.run_config["out"], "w") as fh:
+        json.dump({"round_seconds": seconds}, fh)
+""",
+}
+
+
+def _stock_app(parent: Any) -> Any:
+    app = parent / "stock-floor"
+    for name, text in _STOCK_APP.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    return app
+
+
+def round_overhead(rounds: int) -> dict[str, Any]:
+    """Seconds per round beyond local training: cardiofm's app vs a no-op stock Flower app, same loopback setup."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from cardiofm.contracts.federated_run import FederatedRunConfig, SiteNodeConfig
+    from cardiofm.federated.fab import write_app_dir
+    from cardiofm.federated.flwr_cli import FlwrCli, flower_env, write_connection_config
+    from cardiofm.federated.loopback import free_port
+    from cardiofm.phantoms.federation import FederationSettings, generate_federation
+    from cardiofm.pipeline.prepare import prepare_site
+
+    with tempfile.TemporaryDirectory(prefix="cardiofm-bench-") as tmp:
+        root = Path(tmp)
+        record = generate_federation(
+            root / "phantoms",
+            FederationSettings(sites=2, cases_per_site=2, seed=4, held_out_sites=0, series_per_study=1),
+        )
+        sites = []
+        for site in record.sites:
+            dataset = root / site.site_id / "dataset"
+            prepare_site(root / "phantoms" / site.folder, dataset, test_fraction=0.0)
+            sites.append(SiteNodeConfig(dataset=dataset, work_dir=root / site.site_id / "work"))
+        home = root / "flwr-home"
+        home.mkdir()
+        env = {**flower_env(home), "OMP_NUM_THREADS": "1"}
+        port = free_port()
+        write_connection_config(home, f"127.0.0.1:{port}", None)
+        procs = [
+            subprocess.Popen(
+                [*_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)]
+                + ["--disable-runtime-dependency-installation"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        ]
+        try:
+            time.sleep(5)
+            for node in sites:
+                cmd = [*_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}"]
+                cmd += [
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f'dataset="{node.dataset}" work-dir="{node.work_dir}"',
+                ]
+                procs.append(
+                    subprocess.Popen(
+                        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+                    )
+                )
+            cli = FlwrCli(home)
+            # Flower's floor: a stock ServerApp/ClientApp that does nothing but exchange one tiny array.
+            floor_out = root / "floor.json"
+            run_id = cli.start_run(_stock_app(root), {"num-rounds": rounds, "out": str(floor_out)})
+            cli.wait_for_run(run_id, timeout_s=900, poll_s=2.0)
+            floor = json.loads(floor_out.read_text())["round_seconds"]
+            # cardiofm: a teacher stage with one local step per round; local training time is subtracted.
+            out_dir = root / "coordinator"
+            run = FederatedRunConfig.model_validate(
+                {
+                    "stage": "teacher:landmarks",
+                    "num_rounds": rounds,
+                    "min_nodes": 2,
+                    "local_steps": 1,
+                    "batch_size": 1,
+                    "spacing_mm": 3.0,
+                    "patch_size_vox": 32,
+                    "teacher_filters": (4, 8, 16, 32),
+                    "out_dir": str(out_dir),
+                }
+            )
+            run_id = cli.start_run(write_app_dir(root / "app"), run.to_run_config())
+            cli.wait_for_run(run_id, timeout_s=1800, poll_s=2.0)
+            summary = json.loads(next(out_dir.glob(f"run-{run_id}-*/summary.json")).read_text())
+        finally:
+            for proc in reversed(procs):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=20)
+    ours = []
+    for entry in summary["rounds"]:
+        train = entry["train"]
+        local = max(float(m.get("train-seconds", 0.0)) for m in train["metrics"].values())
+        ours.append({"round_s": train["seconds"], "local_training_s": local, "overhead_s": train["seconds"] - local})
+    floor_median = float(np.median(floor))
+    ours_median = float(np.median([r["overhead_s"] for r in ours]))
+    return {
+        "rounds": rounds,
+        "sites": 2,
+        "flower_floor_round_s": floor,
+        "cardiofm_rounds": ours,
+        "flower_floor_median_s": floor_median,
+        "cardiofm_overhead_median_s": ours_median,
+        "overhead_vs_floor": ours_median / floor_median,
+        "target": "cardiofm overhead per round <= 2x Flower's polling floor",
+        "target_met": ours_median <= 2 * floor_median,
+    }
+
+
+def _bin(name: str) -> list[str]:
+    from pathlib import Path
+
+    return [str(Path(sys.executable).parent / name)]
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -198,12 +394,19 @@ def main() -> None:
     parser.add_argument("--model", choices=["student", "tiny"], default="student")
     parser.add_argument("--stock-max-sites", type=int, default=16)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", nargs=2, metavar=("MODE", "SITES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_round(args.one[0], int(args.one[1]), args.model)))
         return
-    report: dict[str, Any] = {"memory": memory_table(sorted(args.sites), args.model, args.stock_max_sites)}
+    report: dict[str, Any] = {}
+    if not args.skip_overhead:
+        report["round_overhead"] = round_overhead(args.rounds)
+        print(json.dumps(report["round_overhead"]), file=sys.stderr)
+    if not args.skip_memory:
+        report["memory"] = memory_table(sorted(args.sites), args.model, args.stock_max_sites)
     print(json.dumps(report, indent=2))
 
 
