@@ -24,7 +24,7 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cardiofm.constants import TASKS
+from cardiofm.constants import DOWNSTREAM_TASKS, TASKS
 from cardiofm.errors import ConfigError
 
 StrategyKind = Literal["fedavg", "fedprox", "fedadam"]
@@ -89,9 +89,17 @@ class FederatedRunConfig(BaseModel):
     server_lr
         FedAdam's server learning rate (eta).
     min_nodes
-        Sites that must be connected before a round starts, and must answer for it to count.
+        Sites that must be connected before a round starts, and must answer it: a round answered by fewer
+        within ``round_timeout_s`` fails the run (nothing is aggregated from it); a site that dies mid-round
+        is left out and the round completes with the others if at least ``min_nodes`` answered.
     round_timeout_s
-        Seconds the coordinator waits for the sites' replies in one round.
+        Seconds the coordinator waits for the sites' replies in one round, and for ``min_nodes`` sites to be
+        connected.
+    resume
+        Continue the newest unfinished run of this stage in ``out_dir`` (killed, or failed with a summary
+        ``status: failed``) from its last round checkpoint, for the remaining of ``num_rounds``; the server
+        optimiser's state (FedAdam) is restored with it. Without it a run starts at round 0 even if an
+        unfinished run exists; with it and nothing to resume, the run fails with a clear error.
     evaluate_each_round
         Whether every round ends with a federated evaluation of the new global model.
     local_steps
@@ -102,7 +110,10 @@ class FederatedRunConfig(BaseModel):
         Training spacing (isotropic); must be the same for the teachers and the student, since
         pseudo-labels live on that grid.
     tasks
-        Tasks of ``distill`` / ``finetune`` / ``evaluate`` (default: every task); a teacher stage trains its own.
+        Tasks of ``distill`` / ``finetune`` / ``evaluate`` (default: every foundation task); a teacher stage
+        trains its own. ``finetune`` and ``evaluate`` also accept downstream tasks
+        (:data:`~cardiofm.constants.DOWNSTREAM_TASKS`); fine-tuning one the initial model has no head for adds
+        that head, freshly initialised.
     teacher_filters
         Residual U-Net filters per level (teacher stages).
     student_feature_size, student_depths, student_num_heads
@@ -131,6 +142,7 @@ class FederatedRunConfig(BaseModel):
     server_lr: float = Field(default=0.01, gt=0.0)
     min_nodes: int = Field(default=2, ge=1)
     round_timeout_s: float = Field(default=3600.0, gt=0.0)
+    resume: bool = False
     evaluate_each_round: bool = False
     local_steps: int = Field(default=50, ge=1)
     batch_size: int = Field(default=2, ge=1)
@@ -164,9 +176,10 @@ class FederatedRunConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [t for t in value if t not in TASKS]
+        known = (*TASKS, *DOWNSTREAM_TASKS)
+        unknown = [t for t in value if t not in known]
         if unknown or not value:
-            raise ValueError(f"must be a non-empty comma-separated subset of {list(TASKS)}, got {list(value)}")
+            raise ValueError(f"must be a non-empty comma-separated subset of {list(known)}, got {list(value)}")
         return value
 
     @field_validator("stage")
@@ -190,6 +203,9 @@ class FederatedRunConfig(BaseModel):
     def _consistent(self) -> Self:
         if self.strategy == "fedprox" and self.proximal_mu <= 0:
             raise ValueError("strategy 'fedprox' needs proximal-mu > 0 (e.g. 0.01)")
+        downstream = [t for t in self.tasks if t in DOWNSTREAM_TASKS]
+        if downstream and self.stage not in ("finetune", "evaluate"):
+            raise ValueError(f"tasks: downstream task(s) {downstream} are only for finetune and evaluate")
         if self.stage in ("finetune", "evaluate") and not self.init_checkpoint:
             raise ValueError(f"stage {self.stage!r} needs init-checkpoint (the model to start from)")
         if not self.out_dir or not Path(self.out_dir).is_absolute():

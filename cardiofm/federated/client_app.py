@@ -93,9 +93,10 @@ def _setup(msg: Message, context: Context) -> tuple[SiteNodeConfig, StageSpec]:
 
 
 def _round(msg: Message) -> int:
+    """The round number across a resumed run: Flower's ``server-round`` plus the coordinator's ``round-offset``."""
     config = msg.content.config_records.get("config", ConfigRecord())
-    value = config.get("server-round", 0)
-    return int(value) if isinstance(value, int) else 0
+    values = (config.get("server-round", 0), config.get("round-offset", 0))
+    return sum(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
 
 
 def _metrics(values: Mapping[str, int | float]) -> MetricRecord:

@@ -30,7 +30,7 @@ import torch
 from pydantic import ValidationError
 
 from cardiofm import __version__
-from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.constants import DOWNSTREAM_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.federated_run import TEACHER_PREFIX, FederatedRunConfig, SiteNodeConfig
 from cardiofm.contracts.preprocessing import PreprocessingConfig
 from cardiofm.errors import ConfigError, MissingResourceError
@@ -189,8 +189,13 @@ def stage_spec(run: FederatedRunConfig, init: Checkpoint | None = None) -> Stage
         if missing and kind != "teacher":
             if kind == "evaluate":
                 tasks = tuple(t for t in tasks if t in model.heads) or tuple(model.heads)
+            elif kind == "finetune" and all(t in DOWNSTREAM_TASKS for t in missing):
+                model = with_heads(model, missing)  # a new downstream head, initialised fresh
             else:
-                raise ConfigError(f"the initial model has no head for {missing}; its heads are {list(model.heads)}")
+                raise ConfigError(
+                    f"the initial model has no head for {missing}; its heads are {list(model.heads)} "
+                    f"(fine-tuning can add only downstream heads: {list(DOWNSTREAM_TASKS)})"
+                )
     if model.name == STUDENT and run.patch_size_vox < STUDENT_MIN_PATCH_VOX:
         raise ConfigError(f"patch-size-vox must be at least {STUDENT_MIN_PATCH_VOX} for the SwinUNETR student")
     if run.patch_size_vox % model.spatial_divisor:
@@ -217,15 +222,39 @@ def stage_spec(run: FederatedRunConfig, init: Checkpoint | None = None) -> Stage
     )
 
 
+def with_heads(model: ModelConfig, tasks: list[str]) -> ModelConfig:
+    """``model`` with a head added for each of ``tasks`` (its existing heads unchanged)."""
+    return model.model_copy(update={"heads": {**model.heads, **{t: HEAD_CHANNELS[t] for t in tasks}}})
+
+
 def initial_state(spec: StageSpec, init: Checkpoint | None = None) -> dict[str, torch.Tensor]:
-    """The stage's starting global tensors: ``init``'s weights, else a freshly initialised model (seeded)."""
-    if init is not None:
-        if init.model_config != spec.model:
-            raise ConfigError("the initial checkpoint's model config differs from the stage's model")
-        return {k: v.detach().cpu() for k, v in init.state_dict.items()}
+    """The stage's starting global tensors: ``init``'s weights, else a freshly initialised model (seeded).
+
+    A fine-tuning stage may add heads ``init`` lacks (see :func:`stage_spec`): those start freshly
+    initialised (seeded), every other tensor comes from ``init``.
+
+    Raises
+    ------
+    ConfigError
+        If ``init``'s model differs from the stage's model other than by added heads.
+    """
     torch.manual_seed(spec.train.seed)
-    model = build_model(spec.model)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if init is None:
+        model = build_model(spec.model)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if init.model_config == spec.model:
+        return {k: v.detach().cpu() for k, v in init.state_dict.items()}
+    old_heads = init.model_config.heads
+    added = set(spec.model.heads) - set(old_heads)
+    if not added or with_heads(init.model_config, sorted(added)) != spec.model:
+        raise ConfigError("the initial checkpoint's model config differs from the stage's model")
+    fresh = build_model(spec.model).state_dict()
+    stray = [k for k in fresh if k not in init.state_dict and group_of(k) not in added]
+    stray += [k for k in init.state_dict if k not in fresh]
+    if stray:
+        raise ConfigError(f"the initial checkpoint does not fit the stage's model, e.g. {sorted(stray)[:3]}")
+    logger.info("new head(s) %s initialised fresh; everything else from the initial checkpoint", sorted(added))
+    return {k: init.state_dict.get(k, v).detach().cpu() for k, v in fresh.items()}
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ from cardiofm.constants import TASK_LANDMARKS
 from cardiofm.contracts.dataset import DatasetManifest, ManifestCase, SourceRef
 from cardiofm.contracts.federated_run import FederatedRunConfig, SiteNodeConfig
 from cardiofm.contracts.preprocessing import PreprocessingConfig
-from cardiofm.errors import CardioFMError, ConfigError, InputDataError, MissingResourceError
+from cardiofm.errors import (
+    CardioFMError,
+    ConfigError,
+    FederationTimeoutError,
+    InputDataError,
+    MissingResourceError,
+)
 from cardiofm.federated import client_app, server_app, task
 from cardiofm.federated.fab import app_pyproject, default_run_config
 from cardiofm.imaging.geometry import Grid
@@ -29,7 +37,7 @@ from cardiofm.imaging.nifti import save_nifti
 from cardiofm.labels.formats import write_landmarks_json
 from cardiofm.models.config import ModelConfig
 from cardiofm.models.registry import BACKBONE, build_model, group_of
-from cardiofm.training.checkpoint import load_checkpoint
+from cardiofm.training.checkpoint import load_checkpoint, save_checkpoint
 from cardiofm.training.config import TrainConfig
 
 SHAPE = (24, 24, 24)
@@ -405,3 +413,140 @@ def test_server_app_trains_checkpoints_delivers_and_evaluates(tmp_path: Path) ->
     assert summary["evaluation"]["n-landmarks"] == len(TASK_LANDMARKS["landmarks"])  # the one labelled case
     assert 0.0 <= summary["evaluation"]["failure-rate-landmarks"] <= 1.0
     assert len(summary["rounds"][0]["evaluate"]["answered"]) == 2
+
+
+class FailingGrid(InProcessGrid):
+    """An in-process grid whose coordinator 'dies' when round ``kill_round`` starts, and whose ``silent``
+    sites never answer a training message (a site killed mid-round)."""
+
+    def __init__(
+        self,
+        sites: dict[int, SiteNodeConfig],
+        run_config: dict[str, Any],
+        kill_round: int = 0,
+        silent: frozenset[int] = frozenset(),
+    ) -> None:
+        super().__init__(sites, run_config)
+        self.kill_round = kill_round
+        self.silent = silent
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        outgoing = list(messages)
+        for message in outgoing:
+            if message.metadata.message_type == "train":
+                config = message.content.config_records["config"]
+                if config.get("server-round") == self.kill_round:
+                    raise KeyboardInterrupt("coordinator killed")
+        kept = [m for m in outgoing if m.metadata.message_type != "train" or m.metadata.dst_node_id not in self.silent]
+        ids = list(super().push_messages(kept))
+        return ids + [f"lost-{n}" for n in range(len(outgoing) - len(kept))]
+
+
+def _teacher_run(out: Path, **overrides: object) -> FederatedRunConfig:
+    values: dict[str, object] = {
+        "stage": "teacher:landmarks",
+        "out-dir": str(out),
+        "num-rounds": 3,
+        "local-steps": 1,
+        "batch-size": 1,
+        "patch-size-vox": 16,
+        "spacing-mm": SPACING_MM,
+        "teacher-filters": "4,8,16,32",
+        "round-timeout-s": 30.0,
+        **overrides,
+    }
+    return FederatedRunConfig.from_run_config(values)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_a_killed_coordinator_resumes_after_the_last_completed_round_with_its_adam_moments(tmp_path: Path) -> None:
+    sites = {1: _site(tmp_path, "r1", [["landmarks"]]), 2: _site(tmp_path, "r2", [["landmarks"]])}
+    out = tmp_path / "coordinator"
+    run = _teacher_run(out, strategy="fedadam")
+    with pytest.raises(KeyboardInterrupt):  # killed when round 2 starts: round 1 is the last completed
+        server_app.run_stage(FailingGrid(sites, run.to_run_config(), kill_round=2), run, run_id=7)
+    first = out / "run-7-teacher-landmarks"
+    assert server_app.completed_rounds(first) == [0, 1]
+    (first / "summary.json").unlink()  # as after SIGKILL: no summary at all
+    bad = _teacher_run(out, stage="teacher:septum", resume=True)
+    with pytest.raises(ConfigError, match="no unfinished"):  # nothing of this stage to resume
+        server_app.run_stage(InProcessGrid(sites, bad.to_run_config()), bad, run_id=8)
+
+    fresh = _teacher_run(out, strategy="fedadam", resume=True)
+    path = server_app.run_stage(InProcessGrid(sites, fresh.to_run_config()), fresh, run_id=9)
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "completed"
+    assert summary["resumed"] == {"from_run": first.name, "from_round": 1, "server_optimizer": "restored"}
+    assert [r["round"] for r in summary["rounds"]] == [2, 3]  # only the remaining rounds, numbered on
+    assert summary["resumed"]["from_round"] + len(summary["rounds"]) == fresh.num_rounds
+    assert set(summary["train_metrics"]) == {"2", "3"}
+    assert server_app.completed_rounds(path.parent) == [1, 2, 3]  # its starting point, then its own rounds
+    assert json.loads((first / "superseded.json").read_text()) == {"resumed_by": path.parent.name, "after_round": 1}
+    round_1 = load_checkpoint(first / "round-001.pt").state_dict
+    final = load_checkpoint(path.parent / "global.pt").state_dict
+    assert not all(torch.equal(round_1[k], final[k]) for k in final)
+    name = next(n for n in final if n.endswith("weight") and group_of(n) == "landmarks")
+    adam = pickle.loads((path.parent / "round-003.server.pkl").read_bytes())
+    assert adam.steps(name) == 3  # one step before the kill, two after: the moments were carried over
+    # neither the completed run nor the one it took over is resumed again
+    with pytest.raises(ConfigError, match="no unfinished"):
+        server_app.run_stage(InProcessGrid(sites, fresh.to_run_config()), fresh, run_id=10)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_a_site_lost_mid_round_is_left_out_when_enough_others_answer(tmp_path: Path) -> None:
+    sites = {n: _site(tmp_path, f"d{n}", [["landmarks"]]) for n in (1, 2, 3)}
+    run = _teacher_run(tmp_path / "coordinator", **{"num-rounds": 1, "min-nodes": 2, "round-timeout-s": 3.0})
+    grid = FailingGrid(sites, run.to_run_config(), silent=frozenset({3}))
+    summary = json.loads(server_app.run_stage(grid, run, run_id=7).read_text())
+    assert summary["status"] == "completed"
+    (entry,) = summary["rounds"]
+    assert entry["participants"] == 2
+    assert entry["train"]["timed_out"] == 1
+    assert entry["groups"]["landmarks"] == {"sites": 2, "examples": 2}
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_a_round_answered_by_fewer_than_min_nodes_fails_the_run_clearly(tmp_path: Path) -> None:
+    sites = {n: _site(tmp_path, f"f{n}", [["landmarks"]]) for n in (1, 2, 3)}
+    out = tmp_path / "coordinator"
+    run = _teacher_run(out, **{"num-rounds": 2, "min-nodes": 2, "round-timeout-s": 2.0})
+    grid = FailingGrid(sites, run.to_run_config(), silent=frozenset({2, 3}))
+    started = time.monotonic()
+    with pytest.raises(FederationTimeoutError, match=r"only 1 of at least 2 site\(s\) answered"):
+        server_app.run_stage(grid, run, run_id=7)
+    assert time.monotonic() - started < 60  # no hang
+    folder = out / "run-7-teacher-landmarks"
+    assert server_app.completed_rounds(folder) == [0]  # nothing was aggregated from the short round
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert "FederationTimeoutError" in summary["error"]
+
+
+def test_too_few_connected_sites_time_out_naming_how_many_connected(tmp_path: Path) -> None:
+    grid = InProcessGrid({1: _site(tmp_path, "w", [["landmarks"]])}, {})
+    with pytest.raises(FederationTimeoutError, match=r"only 1 of at least 2 site\(s\) connected"):
+        server_app._wait_for_nodes(grid, 2, 0.5)
+    now = [0.0]
+    recorder = server_app.RecordingGrid(grid, min_nodes=2, node_wait_s=10.0, clock=lambda: now[0])
+    assert list(recorder.get_node_ids()) == [1]  # Flower's own wait keeps asking ...
+    now[0] = 11.0
+    with pytest.raises(FederationTimeoutError, match=r"only 1 of at least 2"):  # ... until the timeout
+        recorder.get_node_ids()
+
+
+def test_finetune_adds_a_downstream_head_the_initial_model_lacks(tmp_path: Path) -> None:
+    student = ModelConfig.student(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), heads={"landmarks": 6})
+    train_cfg = _teacher_spec().train.model_copy(update={"patch_size": (64, 64, 64)})
+    torch.manual_seed(3)
+    ckpt_path = save_checkpoint(tmp_path / "distill.pt", build_model(student), student, train_cfg, [])
+    init = load_checkpoint(ckpt_path)
+    run = _run(stage="finetune", tasks="landmarks,coronaries", **{"init-checkpoint": str(ckpt_path)})
+    spec = task.stage_spec(run, init)
+    assert spec.freeze == "backbone"
+    assert set(spec.model.heads) == {"landmarks", "coronaries"}
+    state = task.initial_state(spec, init)
+    assert all(torch.equal(state[k], v) for k, v in init.state_dict.items())  # all else from the checkpoint
+    assert {group_of(k) for k in set(state) - set(init.state_dict)} == {"coronaries"}
+    with pytest.raises(ConfigError, match="only for finetune and evaluate"):
+        _run(stage="distill", tasks="landmarks,coronaries")
