@@ -19,6 +19,11 @@ TASK_LANDMARKS: Final[dict[str, tuple[str, ...]]] = {
 }
 #: Every task a site can hold labels for, in canonical order.
 TASKS: Final[tuple[str, ...]] = ("landmarks", "septum", "calcification")
+#: Downstream tasks: heads added to a trained foundation model by fine-tuning (never distilled, not in
+#: :data:`TASKS`). ``coronaries``: binary coronary-artery mask.
+DOWNSTREAM_TASKS: Final[tuple[str, ...]] = ("coronaries",)
+#: Tasks labelled by a binary mask (``labels/<task>.nii.gz`` in a site dataset), in canonical order.
+MASK_TASKS: Final[tuple[str, ...]] = ("calcification", "coronaries")
 
 #: Heart label map written by the phantoms' ``heart.nii.gz`` (same ids as the reference work's chambers model).
 HEART_LABELS: Final[dict[str, int]] = {

@@ -92,15 +92,19 @@ class LandmarkAnnotations(BaseModel):
 
 
 class MaskAnnotations(BaseModel):
-    """Where a site keeps mask annotations (calcification)."""
+    """Where a site keeps binary mask annotations of one task (calcification, coronary arteries)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: ``"nifti"``: a 3-D NIfTI per case; ``"dicom-seg"``: a DICOM SEG per case (the segment labelled
-    #: "calc…" when it holds several).
+    #: ``"nifti"``: a 3-D NIfTI per case (non-zero = foreground); ``"dicom-seg"``: a DICOM SEG per case.
     format: Literal["nifti", "dicom-seg"] = "nifti"
+    #: Folder of the per-case files, relative to the site folder.
     path: str
+    #: Per-case file name; ``{key}`` is the study's match key.
     file_pattern: str = "{key}.nii.gz"
+    #: DICOM SEG only: segment number or label to import; None: the only segment, or else the one
+    #: labelled "calc…".
+    segment: int | str | None = None
 
 
 class SiteAnnotations(BaseModel):
@@ -112,6 +116,12 @@ class SiteAnnotations(BaseModel):
     match_by: Literal["PatientID", "AccessionNumber"] = "PatientID"
     landmarks: LandmarkAnnotations | None = None
     calcification: MaskAnnotations | None = None
+    #: Coronary-artery masks, the labels of the downstream ``coronaries`` head.
+    coronaries: MaskAnnotations | None = None
+
+    def mask_spec(self, task: str) -> MaskAnnotations | None:
+        """The mask source of a mask task (``calcification``, ``coronaries``), or None when the site has none."""
+        return {"calcification": self.calcification, "coronaries": self.coronaries}.get(task)
 
 
 class PacsFolder(BaseModel):

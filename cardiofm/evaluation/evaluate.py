@@ -1,4 +1,7 @@
-"""Evaluate a checkpoint on a site dataset: landmark errors (mm) with failure rates, calcification Dice.
+"""Evaluate a checkpoint on a site dataset: landmark errors (mm) with failure rates, Dice of mask heads.
+
+Mask heads are calcification and the downstream coronary-artery head; a case whose truth and prediction
+are both empty scores Dice 1.
 
 Truth comes from the dataset's own labels, or — for synthetic federations, evaluation only — from
 the phantom generator's ``ground_truth/`` (every landmark of every case, labelled or not).
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.constants import MASK_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.dataset import ManifestCase
 from cardiofm.contracts.landmarks import Point3
 from cardiofm.evaluation.metrics import dice, landmark_errors_mm, summarise_errors
@@ -23,8 +26,8 @@ from cardiofm.imaging.nifti import load_nifti
 from cardiofm.imaging.resample import resample_onto
 from cardiofm.labels.formats import read_landmarks_json
 from cardiofm.training.checkpoint import load_checkpoint
-from cardiofm.training.data import load_image, load_manifest
-from cardiofm.training.inference import predict_case
+from cardiofm.training.data import load_manifest
+from cardiofm.training.inference import predict_dataset_case
 from cardiofm.training.trainer import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -35,7 +38,8 @@ class Truth:
     """Reference labels of one case (any may be absent)."""
 
     points: dict[str, Point3] = field(default_factory=dict)
-    calcification: Path | None = None
+    #: mask task (:data:`~cardiofm.constants.MASK_TASKS`) → NIfTI mask file.
+    masks: dict[str, Path] = field(default_factory=dict)
 
 
 TruthSource = Callable[[Path, ManifestCase], Truth]
@@ -49,8 +53,8 @@ def dataset_truth(dataset_dir: Path, case: ManifestCase) -> Truth:
         all_points = read_landmarks_json(case_dir / "labels" / "landmarks.json")
         labelled = {n for t in case.tasks for n in TASK_LANDMARKS.get(t, ())}
         points = {n: p for n, p in all_points.items() if n in labelled}
-    calc = case_dir / "labels" / "calcification.nii.gz"
-    return Truth(points, calc if "calcification" in case.tasks and calc.is_file() else None)
+    masks = {t: case_dir / "labels" / f"{t}.nii.gz" for t in MASK_TASKS if t in case.tasks}
+    return Truth(points, {t: p for t, p in masks.items() if p.is_file()})
 
 
 def phantom_truth(federation_dir: Path) -> TruthSource:
@@ -60,7 +64,7 @@ def phantom_truth(federation_dir: Path) -> TruthSource:
 
     def source(_dataset_dir: Path, case: ManifestCase) -> Truth:
         gt = federation_dir / "ground_truth" / by_study[case.source.study_uid]
-        return Truth(read_landmarks_json(gt / "landmarks.json"), gt / "calcification.nii.gz")
+        return Truth(read_landmarks_json(gt / "landmarks.json"), {t: gt / f"{t}.nii.gz" for t in MASK_TASKS})
 
     return source
 
@@ -84,21 +88,21 @@ def evaluate_dataset(
     model = ckpt.build(device)
     manifest = load_manifest(dataset_dir)
     errors: dict[str, list[dict[str, float]]] = {t: [] for t in ckpt.model_config.heads if t in TASK_LANDMARKS}
-    dices: list[float] = []
+    dices: dict[str, list[float]] = {t: [] for t in ckpt.model_config.heads if t in MASK_TASKS}
     n_cases = 0
     for case in manifest.cases:
         if split != "all" and case.split != split:
             continue
         ref = truth(dataset_dir, case)
-        hu, grid = load_image(dataset_dir / "cases" / case.case_id, ckpt.train_config.preprocessing)
-        pred = predict_case(ckpt, model, hu, grid, device=device)
+        pred = predict_dataset_case(ckpt, model, dataset_dir / "cases" / case.case_id, device=device)
         predicted = {n: p.lps_mm for n, p in pred.landmarks.items()}
         for task in errors:
             names = [n for n in TASK_LANDMARKS[task] if n in ref.points]
             if names:
                 errors[task].append(landmark_errors_mm(predicted, ref.points, names))
-        if "calcification" in pred.masks and ref.calcification is not None:
-            dices.append(dice(pred.masks["calcification"], _mask_on(ref.calcification, grid)))
+        for task, per_case_dice in dices.items():
+            if task in pred.masks and task in ref.masks:
+                per_case_dice.append(dice(pred.masks[task], _mask_on(ref.masks[task], pred.grid)))
         n_cases += 1
         if on_case is not None:
             on_case(case.case_id)
@@ -112,10 +116,10 @@ def evaluate_dataset(
             "per_landmark": {n: s.as_dict() for n, s in summary.items() if n != "pooled"},
             "pooled": summary["pooled"].as_dict(),
         }
-    if "calcification" in ckpt.model_config.heads:
-        report["calcification"] = {
-            "n": len(dices),
-            "dice_mean": float(np.mean(dices)) if dices else float("nan"),
-            "dice_median": float(np.median(dices)) if dices else float("nan"),
+    for task, values in dices.items():
+        report[task] = {
+            "n": len(values),
+            "dice_mean": float(np.mean(values)) if values else float("nan"),
+            "dice_median": float(np.median(values)) if values else float("nan"),
         }
     return report

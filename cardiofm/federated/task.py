@@ -348,7 +348,7 @@ def train_local(site: SiteNodeConfig, spec: StageSpec, global_state: State, serv
     start = time.perf_counter()
     pseudo = [_check_pseudolabels(site, spec)] if spec.stage == "distill" else None
     cfg = spec.train.model_copy(update={"seed": spec.train.seed + 1000 * server_round})
-    samples = load_training_samples([site.dataset], cfg, "train", pseudo)
+    samples = load_training_samples([site.dataset], cfg, "train", pseudo, spec.model.heart_conditioning)
     heads = tuple(spec.model.heads)
     counts = {h: (sum(_has(s, h) for s in samples) if h in cfg.tasks else 0) for h in heads}
     trained = tuple(t for t in cfg.tasks if counts.get(t, 0) > 0)

@@ -34,9 +34,11 @@ HEAD_CHANNELS: Final[dict[str, int]] = {
     "septum": 1 + len(TASK_LANDMARKS["septum"]),
     "calcification": 2,
     "heart": HEART_CLASSES,
+    "coronaries": 2,
 }
 
-#: Heads of the distilled student: one per task (the optional ``heart`` head is added explicitly).
+#: Heads of the distilled student: one per foundation task (the optional ``heart`` head and downstream heads
+#: such as ``coronaries``, see :data:`~cardiofm.constants.DOWNSTREAM_TASKS`, are added explicitly).
 STUDENT_HEADS: Final[dict[str, int]] = {task: HEAD_CHANNELS[task] for task in TASKS}
 
 #: Input channels per heart-conditioning mode: the CT plus none / one-hot (bg + 7 classes) / one scaled channel.
@@ -52,7 +54,7 @@ def default_heads(task: str) -> dict[str, int]:
     Parameters
     ----------
     task
-        One of :data:`~cardiofm.constants.TASKS` (or ``heart``).
+        One of :data:`~cardiofm.constants.TASKS`, :data:`~cardiofm.constants.DOWNSTREAM_TASKS` or ``heart``.
 
     Returns
     -------
@@ -127,6 +129,29 @@ class ModelConfig(BaseModel):
     def student(cls, **kwargs: Any) -> ModelConfig:
         """Config of the multi-head student (default heads :data:`STUDENT_HEADS`)."""
         return cls(name="swinunetr-student", **kwargs)
+
+    def with_heads(self, tasks: tuple[str, ...]) -> ModelConfig:
+        """A copy with a head added for each of ``tasks`` it lacks (e.g. a downstream head to fine-tune).
+
+        Parameters
+        ----------
+        tasks
+            Head names; those already present are kept as they are.
+
+        Returns
+        -------
+        ModelConfig
+            A validated copy (heads in the old order, new ones appended).
+
+        Raises
+        ------
+        ConfigError
+            For an unknown task, or a teacher that would get a second head.
+        """
+        missing = {t: default_heads(t)[t] for t in tasks if t not in self.heads}
+        if not missing:
+            return self
+        return load_model_config({**self.model_dump(mode="json"), "heads": {**self.heads, **missing}})
 
     @field_validator("name", mode="before")
     @classmethod

@@ -7,7 +7,8 @@ Layout written under ``out``::
         landmarks.json  calcification.nii.gz  heart.nii.gz  coronaries.nii.gz
     <site-id>/site.yaml                  what the site's admin knows (annotation formats, label ids, phase)
     <site-id>/pacs/...                   DICOM studies, several series each, site-specific layout
-    <site-id>/annotations/...            partial labels in the site's own tool formats
+    <site-id>/annotations/...            partial labels in the site's own tool formats (coronary-artery
+                                         masks at the ``coronary_sites`` only)
 
 Everything is deterministic given the seed: each case draws from its own ``SeedSequence`` child, so
 a case does not change when other settings (number of sites, cases) change.
@@ -25,7 +26,7 @@ import numpy as np
 import yaml
 from pydicom.uid import generate_uid
 
-from cardiofm.constants import TASK_LANDMARKS, TASKS
+from cardiofm.constants import DOWNSTREAM_TASKS, MASK_TASKS, TASK_LANDMARKS, TASKS
 from cardiofm.contracts.federation import FederationRecord, SeriesRecord, SiteRecord, StudyRecord
 from cardiofm.contracts.landmarks import Point3
 from cardiofm.contracts.site import SiteConfig
@@ -50,7 +51,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FederationSettings:
-    """What to generate. ``held_out_sites`` sites at the end of the list hold no labels (test sites)."""
+    """What to generate. ``held_out_sites`` sites at the end of the list hold no labels (test sites).
+
+    ``coronary_sites``: indices of training sites that also label the downstream ``coronaries`` task
+    (coronary-artery masks as NIfTI annotations, for fine-tuning a head); other sites are unaffected.
+    """
 
     sites: int = 3
     cases_per_site: int = 6
@@ -59,6 +64,7 @@ class FederationSettings:
     series_per_study: int = 5
     held_out_sites: int | None = None
     label_fraction: tuple[float, float] = (0.6, 0.95)
+    coronary_sites: tuple[int, ...] = (0,)
 
     def n_held_out(self) -> int:
         """Held-out sites: as given, else one when there are at least three sites."""
@@ -212,15 +218,25 @@ def generate_federation(
     n_held = settings.n_held_out()
     if not 0 <= n_held < settings.sites:
         raise ValueError(f"held_out_sites={n_held} must leave at least one training site of {settings.sites}")
+    bad = [s for s in settings.coronary_sites if not 0 <= s < settings.sites - n_held]
+    if bad:
+        raise ValueError(
+            f"coronary_sites {bad} are not training sites (0..{settings.sites - n_held - 1}); "
+            "held-out sites hold no labels"
+        )
     sites: list[SiteRecord] = []
     for s in range(settings.sites):
         site_id = _site_id(s)
         held_out = s >= settings.sites - n_held
-        tasks = [] if held_out else training_site_tasks(s)
+        tasks = [] if held_out else training_site_tasks(s) + (["coronaries"] if s in settings.coronary_sites else [])
         site_rng = np.random.default_rng(np.random.SeedSequence([settings.seed, s, 0]))
         profile = site_profile(s, site_rng)
         style = make_style(
-            s, site_rng, label_landmarks=any(t in TASK_LANDMARKS for t in tasks), label_calcium="calcification" in tasks
+            s,
+            site_rng,
+            label_landmarks=any(t in TASK_LANDMARKS for t in tasks),
+            label_calcium="calcification" in tasks,
+            label_coronaries="coronaries" in tasks,
         )
         site_dir = out / site_id
         lo, hi = settings.label_fraction
@@ -277,7 +293,7 @@ def generate_federation(
         seed=settings.seed,
         size={"name": settings.size.name, "matrix": settings.size.matrix, "slices": settings.size.slices},
         series_per_study=settings.series_per_study,
-        tasks=list(TASKS),
+        tasks=[*TASKS, *(t for t in DOWNSTREAM_TASKS if any(t in site.tasks for site in sites))],
         sites=sites,
     )
     (out / "federation.json").write_text(json.dumps(federation.model_dump(mode="json"), indent=2))
@@ -302,8 +318,9 @@ def _write_annotations(
             table_rows[key] = subset
         else:
             write_case_landmarks(site_dir, spec, key, subset)
-    calc_spec = style.annotations.calcification
-    if "calcification" in labelled and calc_spec is not None:
-        target = site_dir / calc_spec.path / calc_spec.file_pattern.format(key=key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((gt_dir / "calcification.nii.gz").read_bytes())
+    for task in MASK_TASKS:
+        mask_spec = style.annotations.mask_spec(task)
+        if task in labelled and mask_spec is not None:
+            target = site_dir / mask_spec.path / mask_spec.file_pattern.format(key=key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((gt_dir / f"{task}.nii.gz").read_bytes())

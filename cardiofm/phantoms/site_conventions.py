@@ -2,8 +2,9 @@
 
 Sites differ the way real ones do: one exports MITK point sets with numeric ids in its own order,
 one keeps 3D Slicer markups in RAS, one a German Excel table with ``;`` and decimal commas, one
-Slicer files named after the paper's code (ACC, RCA, LCA). Calcification masks are NIfTI files on
-the grid of the series they were drawn on.
+Slicer files named after the paper's code (ACC, RCA, LCA). Calcification masks, and the coronary-artery
+masks of a site that labels the downstream ``coronaries`` task, are NIfTI files on the grid of the
+series they were drawn on.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ class AnnotationStyle:
         return self.annotations.landmarks
 
 
-def make_style(index: int, rng: np.random.Generator, label_landmarks: bool, label_calcium: bool) -> AnnotationStyle:
-    """Annotation style of site ``index``; the MITK id order is shuffled per site."""
+def make_style(
+    index: int, rng: np.random.Generator, label_landmarks: bool, label_calcium: bool, label_coronaries: bool = False
+) -> AnnotationStyle:
+    """Annotation style of site ``index``; the MITK id order is shuffled per site.
+
+    ``label_coronaries`` adds a coronary-mask folder (NIfTI, like calcium masks); it draws nothing from
+    ``rng``, so the rest of the site is the same with or without it.
+    """
     name = STYLES[index % len(STYLES)]
     match_by = "AccessionNumber" if name == "csv-german" else "PatientID"
     landmarks: LandmarkAnnotations | None = None
@@ -76,9 +83,13 @@ def make_style(index: int, rng: np.random.Generator, label_landmarks: bool, labe
                 label_map=dict(CONVENTIONS[convention].aliases),
             )
     calcium = MaskAnnotations(path="annotations/calcium", file_pattern="{key}_calc.nii.gz") if label_calcium else None
-    return AnnotationStyle(
-        name=name, annotations=SiteAnnotations(match_by=match_by, landmarks=landmarks, calcification=calcium)
+    coronaries = (
+        MaskAnnotations(path="annotations/coronaries", file_pattern="{key}_coronaries.nii.gz")
+        if label_coronaries
+        else None
     )
+    annotations = SiteAnnotations(match_by=match_by, landmarks=landmarks, calcification=calcium, coronaries=coronaries)
+    return AnnotationStyle(name=name, annotations=annotations)
 
 
 def _site_label_of(spec: LandmarkAnnotations) -> dict[str, str]:

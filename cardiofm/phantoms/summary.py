@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from cardiofm.constants import TASKS
+from cardiofm.constants import DOWNSTREAM_TASKS, TASKS
 from cardiofm.contracts.federation import FederationRecord
+
+#: Labelled-case columns: the foundation tasks, then the downstream ones.
+_LABEL_COLUMNS = (*TASKS, *DOWNSTREAM_TASKS)
 
 
 def _vendor(manufacturer: str) -> str:
@@ -29,7 +32,7 @@ def summary_rows(record: FederationRecord) -> list[dict[str, object]]:
             "series": sum(len(s.series) for s in site.studies),
             "annotations": site.annotation_format or "-",
         }
-        for task in TASKS:
+        for task in _LABEL_COLUMNS:
             row[task] = sum(task in s.tasks_labelled for s in site.studies)
         rows.append(row)
     return rows
@@ -39,14 +42,33 @@ def summary_table(record: FederationRecord) -> Table:
     """A rich table of :func:`summary_rows`, with totals."""
     rows = summary_rows(record)
     table = Table(title=f"Synthetic federation (seed {record.seed}, {record.size['name']} studies)")
-    columns = ["site", "role", "scanner", "spacing_mm", "orientation", "studies", "series", "annotations", *TASKS]
+    columns = [
+        "site",
+        "role",
+        "scanner",
+        "spacing_mm",
+        "orientation",
+        "studies",
+        "series",
+        "annotations",
+        *_LABEL_COLUMNS,
+    ]
     for col in columns:
-        table.add_column(col.replace("_", " "), justify="right" if col in ("studies", "series", *TASKS) else "left")
+        table.add_column(
+            col.replace("_", " "), justify="right" if col in ("studies", "series", *_LABEL_COLUMNS) else "left"
+        )
     for row in rows:
         table.add_row(*(str(row[c]) for c in columns))
-    totals = {c: sum(int(str(r[c])) for r in rows) for c in ("studies", "series", *TASKS)}
+    totals = {c: sum(int(str(r[c])) for r in rows) for c in ("studies", "series", *_LABEL_COLUMNS)}
     table.add_section()
     table.add_row(
-        "total", "", "", "", "", *(str(totals[c]) for c in ("studies", "series")), "", *(str(totals[t]) for t in TASKS)
+        "total",
+        "",
+        "",
+        "",
+        "",
+        *(str(totals[c]) for c in ("studies", "series")),
+        "",
+        *(str(totals[t]) for t in _LABEL_COLUMNS),
     )
     return table

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from cardiofm import __version__
-from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.constants import MASK_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.dataset import CaseRecord, DatasetManifest, ManifestCase, SourceRef
 from cardiofm.contracts.kaapana import KaapanaContext
 from cardiofm.contracts.steps import BuildDatasetParams
@@ -32,9 +32,10 @@ def split_of(case_id: str, seed: int, test_fraction: float) -> Literal["train", 
     return "test" if h < test_fraction else "train"
 
 
-def _tasks(landmarks: list[str], has_calcification: bool) -> list[str]:
+def _tasks(landmarks: list[str], masks: list[str]) -> list[str]:
+    """Landmark tasks whose every point is present, then the mask tasks held, in canonical order."""
     tasks = [t for t, names in TASK_LANDMARKS.items() if all(n in landmarks for n in names)]
-    return tasks + (["calcification"] if has_calcification else [])
+    return tasks + [t for t in MASK_TASKS if t in masks]
 
 
 def _copy_case(in_dir: Path, dest: Path, record: CaseRecord) -> ManifestCase:
@@ -47,9 +48,9 @@ def _copy_case(in_dir: Path, dest: Path, record: CaseRecord) -> ManifestCase:
     if (in_dir / "labels" / "landmarks.json").is_file():
         shutil.copyfile(in_dir / "labels" / "landmarks.json", dest / "labels" / "landmarks.json")
         landmarks = list(read_landmarks_json(dest / "labels" / "landmarks.json"))
-    has_calc = (in_dir / "labels" / "calcification.nii.gz").is_file()
-    if has_calc:
-        shutil.copyfile(in_dir / "labels" / "calcification.nii.gz", dest / "labels" / "calcification.nii.gz")
+    masks = [t for t in MASK_TASKS if (in_dir / "labels" / f"{t}.nii.gz").is_file()]
+    for task in masks:
+        shutil.copyfile(in_dir / "labels" / f"{task}.nii.gz", dest / "labels" / f"{task}.nii.gz")
     problems_file = in_dir / "labels" / "problems.json"
     record.label_problems = json.loads(problems_file.read_text()) if problems_file.is_file() else []
     (dest / "case.json").write_text(record.model_dump_json(indent=2))
@@ -58,7 +59,7 @@ def _copy_case(in_dir: Path, dest: Path, record: CaseRecord) -> ManifestCase:
     return ManifestCase(
         case_id=record.case_id,
         split="train",
-        tasks=_tasks(landmarks, has_calc),
+        tasks=_tasks(landmarks, masks),
         landmarks=landmarks,
         source=SourceRef(study_uid=study["study_uid"], series_uid=study["series_uid"]),
         shape=grid.shape,

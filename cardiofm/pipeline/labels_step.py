@@ -1,5 +1,8 @@
 """``import-labels``: a site's annotations → canonical landmarks (LPS mm) and masks on the crop grid.
 
+Masks are those of :data:`~cardiofm.constants.MASK_TASKS` the site keeps (calcification, and the coronary
+arteries of the downstream ``coronaries`` head), each written as ``labels/<task>.nii.gz`` (uint8, 0/1).
+
 Every problem (unknown id, duplicate, undefined position, point outside the crop, implausible landmark
 geometry, unreadable mask) is reported in ``labels/problems.json`` and the case's provenance; nothing is
 dropped silently. Points of a likely label swap (see :mod:`cardiofm.labels.qa`) are reported and left out
@@ -17,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cardiofm.constants import MASK_TASKS
 from cardiofm.contracts.landmarks import Point3
-from cardiofm.contracts.site import LandmarkAnnotations, SiteConfig
+from cardiofm.contracts.site import LandmarkAnnotations, MaskAnnotations, SiteConfig
 from cardiofm.contracts.steps import ImportLabelsParams
 from cardiofm.errors import CardioFMError, InputDataError
 from cardiofm.imaging.geometry import Grid
@@ -104,8 +108,18 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _import_mask(spec: MaskAnnotations, path: Path, crop_grid: Grid, out: Path) -> int:
+    """Resample one site mask (NIfTI or DICOM SEG) onto the crop grid, nearest neighbour; returns its voxel count."""
+    mask, grid = read_seg_mask(path, spec.segment) if spec.format == "dicom-seg" else load_nifti(path)
+    if not bool(np.isfinite(np.asarray(mask, dtype=np.float64)).all()):
+        raise InputDataError(f"{path.name} contains NaN or infinite values; re-export the mask")
+    on_crop = resample_onto((np.asarray(mask) > 0).astype(np.uint8), grid, crop_grid, order=0, fill_value=0)
+    save_nifti(out, on_crop.astype(np.uint8), crop_grid)
+    return int(on_crop.sum())
+
+
 def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) -> list[str]:
-    """Import the case's landmarks and calcification mask onto the crop grid."""
+    """Import the case's landmarks and masks (calcification, coronaries) onto the crop grid."""
     site = load_site_config(Path(params.site_config))
     site_dir = Path(params.site_dir) if params.site_dir else Path(params.site_config).parent
     study = json.loads((in_dir / STUDY_FILE).read_text())
@@ -136,19 +150,18 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
             problems += doubtful
             write_landmarks_json(labels / "landmarks.json", kept)
             notes.append(f"{len(kept)} landmark(s) imported")
-    calc = site.annotations.calcification
-    if calc is not None and key is not None:
-        path = site_dir / calc.path / calc.file_pattern.format(key=key)
-        if path.is_file():
-            try:
-                mask, grid = read_seg_mask(path) if calc.format == "dicom-seg" else load_nifti(path)
-                if not bool(np.isfinite(np.asarray(mask, dtype=np.float64)).all()):
-                    raise InputDataError(f"{path.name} contains NaN or infinite values; re-export the mask")
-                on_crop = resample_onto((np.asarray(mask) > 0).astype(np.uint8), grid, crop_grid, order=0, fill_value=0)
-                save_nifti(labels / "calcification.nii.gz", on_crop.astype(np.uint8), crop_grid)
-                notes.append(f"calcification mask imported ({int(on_crop.sum())} voxels on the crop)")
-            except CardioFMError as exc:
-                problems.append(f"calcification mask unusable: {exc}")
+    for task in MASK_TASKS:
+        mask_spec = site.annotations.mask_spec(task)
+        if mask_spec is None or key is None:
+            continue
+        path = site_dir / mask_spec.path / mask_spec.file_pattern.format(key=key)
+        if not path.is_file():
+            continue
+        try:
+            voxels = _import_mask(mask_spec, path, crop_grid, labels / f"{task}.nii.gz")
+            notes.append(f"{task} mask imported ({voxels} voxels on the crop)")
+        except CardioFMError as exc:
+            problems.append(f"{task} mask unusable: {exc}")
     if problems:
         (labels / "problems.json").write_text(json.dumps(problems, indent=2))
         logger.warning("import-labels: %d annotation problem(s) in case %s", len(problems), in_dir.parent.name)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cardiofm.constants import TASKS
+from cardiofm.constants import DOWNSTREAM_TASKS, TASKS
 from cardiofm.contracts.preprocessing import PreprocessingConfig
 
 
@@ -24,7 +24,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Tasks whose heads are trained (a teacher trains exactly one).
+    #: Tasks whose heads are trained (a teacher trains exactly one): foundation tasks
+    #: (:data:`~cardiofm.constants.TASKS`) or downstream heads (:data:`~cardiofm.constants.DOWNSTREAM_TASKS`).
     tasks: tuple[str, ...]
     patch_size: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = Field(default=2, ge=1)
@@ -49,11 +50,15 @@ class TrainConfig(BaseModel):
     soft_weight: float = Field(default=0.5, ge=0.0)
     temperature: float = Field(default=2.0, gt=0.0)
     min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: How the soft-target term averages over voxels: ``class`` gives every class the teacher predicts the
+    #: same weight (small structures are not drowned by background); ``voxel`` is a plain voxel mean.
+    kd_balance: Literal["class", "voxel"] = "class"
 
     @field_validator("tasks")
     @classmethod
     def _known(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [t for t in tasks if t not in TASKS]
+        known = (*TASKS, *DOWNSTREAM_TASKS)
+        unknown = [t for t in tasks if t not in known]
         if unknown or not tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
+            raise ValueError(f"tasks must be a non-empty subset of {list(known)}, got {list(tasks)}")
         return tasks

@@ -2,10 +2,14 @@
 
 A case is loaded, resampled to the training spacing when the dataset's differs, clipped and
 standardised with the one :class:`PreprocessingConfig`, and its labels are turned into per-task
-targets (landmark spheres or Gaussians, calcification mask) — once, then kept in memory. Patches
-are drawn per step with a seeded generator: centred on a labelled structure with probability
-``foreground_fraction``, else uniformly; padded with the normalised air value where the crop is
-smaller than the patch; then augmented with MONAI (affine, intensity, noise).
+targets (landmark spheres or Gaussians, calcification / coronary masks) — once, then kept in memory.
+For a heart-conditioned model the case's heart label map (``heart.nii.gz``, written by the crop-heart
+step) is brought onto the same grid, nearest neighbour. Patches are drawn per step with a seeded
+generator: centred on a labelled structure with probability ``foreground_fraction``, else uniformly;
+padded with the normalised air value (heart: background 0) where the crop is smaller than the patch;
+then augmented with MONAI (affine, intensity, noise; one spatial transform for image, heart and
+targets, nearest for label maps). The patch's ``image`` is the network input: the CT channel plus the
+heart conditioning channels (:func:`cardiofm.models.registry.conditioned_input`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
-from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.constants import MASK_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.dataset import DatasetManifest, ManifestCase
 from cardiofm.contracts.preprocessing import PreprocessingConfig
 from cardiofm.errors import InputDataError
@@ -28,6 +32,7 @@ from cardiofm.imaging.nifti import load_nifti
 from cardiofm.imaging.resample import resample_onto, target_grid
 from cardiofm.labels.encoding import LandmarkEncoding, encode_landmarks
 from cardiofm.labels.formats import read_landmarks_json
+from cardiofm.models.config import HEART_CLASSES, HeartConditioning
 from cardiofm.training.config import EncodingConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -67,6 +72,8 @@ class Sample:
     soft: dict[str, F32] = field(default_factory=dict)
     #: Voxel indices ``(n, 3)`` of labelled structures, for foreground oversampling.
     foreground: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    #: Heart label map (uint8, 0..7) on ``grid``; loaded only for heart-conditioned models.
+    heart: U8 | None = None
 
 
 def load_manifest(dataset_dir: Path) -> DatasetManifest:
@@ -88,6 +95,41 @@ def load_image(case_dir: Path, pre: PreprocessingConfig) -> tuple[F32, Grid]:
     return np.asarray(out, dtype=np.float32), target
 
 
+def load_heart(case_dir: Path, grid: Grid, heart_conditioning: HeartConditioning) -> U8:
+    """The case's heart label map (``heart.nii.gz``) on ``grid`` (the image's training grid), nearest neighbour.
+
+    Parameters
+    ----------
+    case_dir
+        ``cases/<case-id>/`` of a site dataset.
+    grid
+        Grid of the (resampled) image, see :func:`load_image`.
+    heart_conditioning
+        The model's mode, named in the error message.
+
+    Raises
+    ------
+    InputDataError
+        If the file is missing (naming the case and what to do) or holds labels outside 0..7.
+    """
+    path = case_dir / "heart.nii.gz"
+    if not path.is_file():
+        raise InputDataError(
+            f"case {case_dir.name} has no heart.nii.gz, but the model is heart-conditioned "
+            f"(heart_conditioning={heart_conditioning!r}); re-run `cardiofm prepare` for this site (the crop-heart "
+            "step writes the heart map into the dataset) or use a model with heart_conditioning='none'"
+        )
+    data, hgrid = load_nifti(path)
+    labels = np.asarray(data)
+    if labels.size and (float(labels.min()) < 0 or float(labels.max()) > HEART_CLASSES - 1):
+        raise InputDataError(
+            f"heart.nii.gz of case {case_dir.name} holds labels outside 0..{HEART_CLASSES - 1}; "
+            "re-run the crop-heart step"
+        )
+    on_grid = resample_onto(np.rint(labels).astype(np.uint8), hgrid, grid, order=0, fill_value=0)
+    return np.asarray(on_grid, dtype=np.uint8)
+
+
 def build_targets(
     case_dir: Path, case: ManifestCase, grid: Grid, tasks: tuple[str, ...], enc: EncodingConfig
 ) -> dict[str, U8]:
@@ -102,8 +144,8 @@ def build_targets(
         if task in TASK_LANDMARKS:
             names = TASK_LANDMARKS[task]
             targets[task] = np.asarray(encode_landmarks(points, names, grid, landmark_encoding(enc)), dtype=np.uint8)
-        elif task == "calcification":
-            mask, mgrid = load_nifti(case_dir / "labels" / "calcification.nii.gz")
+        elif task in MASK_TASKS:
+            mask, mgrid = load_nifti(case_dir / "labels" / f"{task}.nii.gz")
             on = resample_onto((np.asarray(mask) > 0).astype(np.uint8), mgrid, grid, order=0, fill_value=0)
             targets[task] = np.asarray(on, dtype=np.uint8)
     return targets
@@ -118,12 +160,20 @@ def foreground_voxels(targets: dict[str, U8]) -> npt.NDArray[np.int64]:
     return fg.astype(np.int64)
 
 
-def load_sample(dataset_dir: Path, case: ManifestCase, cfg: TrainConfig) -> Sample:
-    """Load and preprocess one case of a site dataset for the tasks of ``cfg``."""
+def load_sample(
+    dataset_dir: Path, case: ManifestCase, cfg: TrainConfig, heart_conditioning: HeartConditioning = "none"
+) -> Sample:
+    """Load and preprocess one case of a site dataset for the tasks of ``cfg``.
+
+    ``heart_conditioning`` is the model's (``ModelConfig.heart_conditioning``): unless ``none``, the case's
+    heart map is loaded too (a case without one raises :class:`InputDataError`).
+    """
     case_dir = dataset_dir / "cases" / case.case_id
     hu, grid = load_image(case_dir, cfg.preprocessing)
     targets = build_targets(case_dir, case, grid, cfg.tasks, cfg.encoding)
-    return Sample(case.case_id, normalise_hu(hu, cfg.preprocessing), grid, targets, {}, foreground_voxels(targets))
+    heart = load_heart(case_dir, grid, heart_conditioning) if heart_conditioning != "none" else None
+    image = normalise_hu(hu, cfg.preprocessing)
+    return Sample(case.case_id, image, grid, targets, {}, foreground_voxels(targets), heart)
 
 
 def _crop_or_pad(
@@ -144,14 +194,47 @@ def _crop_or_pad(
 
 
 class PatchDataset(Dataset[dict[str, torch.Tensor]]):
-    """``steps × batch_size`` seeded random patches drawn from in-memory samples."""
+    """``steps × batch_size`` seeded random patches drawn from in-memory samples.
 
-    def __init__(self, samples: list[Sample], cfg: TrainConfig, tasks: tuple[str, ...]) -> None:
+    Parameters
+    ----------
+    samples
+        Preprocessed cases (with ``heart`` maps when ``heart_conditioning`` is not ``none``).
+    cfg
+        Patch size, steps, batch size, seed, augmentation, foreground oversampling.
+    tasks
+        Heads whose targets each item carries.
+    heart_conditioning
+        The model's mode (``ModelConfig.heart_conditioning``): each item's ``image`` is (1, X, Y, Z) for
+        ``none``, (1 + 8, X, Y, Z) for ``onehot``, (2, X, Y, Z) for ``scaled``.
+
+    Raises
+    ------
+    InputDataError
+        With no samples, or a conditioned mode and a sample without a heart map.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        cfg: TrainConfig,
+        tasks: tuple[str, ...],
+        heart_conditioning: HeartConditioning = "none",
+    ) -> None:
         if not samples:
             raise InputDataError("no training cases: the dataset's train split is empty for these tasks")
+        if heart_conditioning != "none":
+            lacking = [s.case_id for s in samples if s.heart is None]
+            if lacking:
+                raise InputDataError(
+                    f"heart_conditioning={heart_conditioning!r} needs a heart map for every case; "
+                    f"{len(lacking)} case(s) have none, e.g. {lacking[:3]}: load them with "
+                    f"load_sample(..., heart_conditioning={heart_conditioning!r})"
+                )
         self.samples = samples
         self.cfg = cfg
         self.tasks = tasks
+        self.heart_conditioning = heart_conditioning
         self.fill = air_value(cfg.preprocessing)
         self._augment = _augmenter(tasks) if cfg.augment else None
 
@@ -165,11 +248,14 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         shape = np.asarray(sample.image.shape)
         if len(sample.foreground) and rng.random() < self.cfg.foreground_fraction:
             centre = sample.foreground[int(rng.integers(len(sample.foreground)))]
-            centre = centre + rng.integers(-size[0] // 4, size[0] // 4 + 1, size=3)
+            jitter = np.asarray(size) // 4  # per axis: a landmark stays inside a non-cubic patch
+            centre = centre + rng.integers(-jitter, jitter + 1, size=3)
         else:
             centre = np.array([rng.integers(0, max(n, 1)) for n in shape])
         start = centre - np.asarray(size) // 2
         item: dict[str, npt.NDArray[np.generic]] = {"image": _crop_or_pad(sample.image[None], start, size, self.fill)}
+        if self.heart_conditioning != "none" and sample.heart is not None:
+            item["heart"] = _crop_or_pad(sample.heart[None], start, size, 0)
         for task in self.tasks:
             if task in sample.targets:
                 item[f"target_{task}"] = _crop_or_pad(sample.targets[task][None], start, size, 0)
@@ -180,7 +266,7 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         if self._augment is not None:
             self._augment.set_random_state(seed=int(rng.integers(2**31 - 1)))
             item = self._augment(item)
-        out: dict[str, torch.Tensor] = {"image": torch.as_tensor(np.asarray(item["image"]), dtype=torch.float32)}
+        out: dict[str, torch.Tensor] = {"image": self._network_input(item)}
         for task in self.tasks:
             out[f"target_{task}"] = torch.as_tensor(np.asarray(item[f"target_{task}"]), dtype=torch.int64)
             out[f"has_{task}"] = torch.tensor(task in sample.targets)
@@ -188,15 +274,29 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
                 out[f"soft_{task}"] = torch.as_tensor(np.asarray(item[f"soft_{task}"]), dtype=torch.float32)
         return out
 
+    def _network_input(self, item: dict[str, npt.NDArray[np.generic]]) -> torch.Tensor:
+        """The CT patch (1, X, Y, Z) plus the heart conditioning channels of the model's mode."""
+        image = torch.as_tensor(np.asarray(item["image"]), dtype=torch.float32)
+        if self.heart_conditioning == "none":
+            return image
+        from cardiofm.models.registry import conditioned_input
+
+        heart = torch.as_tensor(np.rint(np.asarray(item["heart"], dtype=np.float32)), dtype=torch.int64)
+        return conditioned_input(image[None], heart[None], self.heart_conditioning)[0]
+
 
 def _augmenter(tasks: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    """MONAI dictionary transforms: small affine, intensity scale/shift and noise (labels nearest)."""
+    """MONAI dictionary transforms: small affine, intensity scale/shift and noise (labels and heart nearest).
+
+    The affine is drawn once per item and applied to every spatial key (image, heart, targets, soft targets);
+    intensity transforms touch the CT only.
+    """
     from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
 
     label_keys = [f"target_{t}" for t in tasks]
     soft_keys = [f"soft_{t}" for t in tasks]
-    keys = ["image", *label_keys, *soft_keys]
-    modes = ["bilinear"] + ["nearest"] * len(label_keys) + ["bilinear"] * len(soft_keys)
+    keys = ["image", "heart", *label_keys, *soft_keys]
+    modes = ["bilinear", "nearest"] + ["nearest"] * len(label_keys) + ["bilinear"] * len(soft_keys)
     return Compose(
         [
             RandAffined(

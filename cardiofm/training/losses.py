@@ -202,16 +202,27 @@ class MaskedMultiHeadLoss(nn.Module):
         return loss
 
 
+KDBalance = Literal["class", "voxel"]
+
+
 def distillation_loss(
     student_logits: Tensor,
     teacher_probs: Tensor,
     temperature: float,
     confidence_mask: Tensor | None = None,
+    balance: KDBalance = "class",
 ) -> Tensor:
-    """KL(teacher ‖ student) at temperature T, times T², averaged over confident voxels.
+    """KL(teacher ‖ student) at temperature T, times T², over confident voxels.
 
     The teacher's probabilities are softened as p_T ∝ p^(1/T) (= softmax(log p / T)); the student's as
     softmax(z / T).
+
+    With ``balance="class"`` (default) every voxel belongs to the teacher's most probable class; the KL is
+    averaged within each class present among the selected voxels (pooled over the batch) and these class
+    means are averaged, so each structure the teacher sees weighs as much as the background. A plain
+    voxel mean (``balance="voxel"``) is dominated by background wherever the structures are small (a
+    4 mm landmark sphere is ~30 of 262,144 voxels of a 64³ patch at 2 mm): the student then learns to
+    copy the teacher's background and nothing else.
 
     Parameters
     ----------
@@ -223,6 +234,8 @@ def distillation_loss(
         T > 0.
     confidence_mask
         (B, X, Y, Z) or (B, 1, X, Y, Z) bool: voxels to use; None uses all.
+    balance
+        ``class``: mean over the teacher's classes of the mean KL of their voxels; ``voxel``: mean over voxels.
 
     Returns
     -------
@@ -231,6 +244,8 @@ def distillation_loss(
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
+    if balance not in ("class", "voxel"):
+        raise ConfigError(f"unknown distillation balance {balance!r}; known: ['class', 'voxel']")
     if student_logits.shape != teacher_probs.shape:
         raise InputDataError(
             f"student logits {tuple(student_logits.shape)} and teacher probabilities "
@@ -242,13 +257,23 @@ def distillation_loss(
     p_t = torch.softmax(torch.log(teacher.clamp_min(1e-12)) / temperature, dim=1).detach()
     kl = (torch.xlogy(p_t, p_t) - p_t * log_q).sum(dim=1)  # (B, X, Y, Z)
     if confidence_mask is None:
-        return kl.mean() * temperature**2
-    mask = confidence_mask.to(device=kl.device, dtype=torch.bool)
-    if mask.ndim == kl.ndim + 1 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    if mask.shape != kl.shape:
-        raise InputDataError(f"confidence mask {tuple(confidence_mask.shape)} does not match voxels {tuple(kl.shape)}")
-    n = mask.sum()
-    if int(n) == 0:
+        mask = torch.ones_like(kl, dtype=torch.bool)
+    else:
+        mask = confidence_mask.to(device=kl.device, dtype=torch.bool)
+        if mask.ndim == kl.ndim + 1 and mask.shape[1] == 1:
+            mask = mask[:, 0]
+        if mask.shape != kl.shape:
+            raise InputDataError(
+                f"confidence mask {tuple(confidence_mask.shape)} does not match voxels {tuple(kl.shape)}"
+            )
+    if not bool(mask.any()):
         return logits.sum() * 0.0
-    return torch.where(mask, kl, torch.zeros_like(kl)).sum() / n * temperature**2
+    if balance == "voxel":
+        return torch.where(mask, kl, torch.zeros_like(kl)).sum() / mask.sum() * temperature**2
+    n_classes = teacher.shape[1]
+    owner = F.one_hot(teacher.argmax(dim=1), n_classes).to(kl.dtype) * mask[..., None].to(kl.dtype)
+    owner = owner.reshape(-1, n_classes)  # (voxels, C): one-hot teacher class of each selected voxel
+    counts = owner.sum(dim=0)
+    sums = (kl.reshape(-1, 1) * owner).sum(dim=0)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean() * temperature**2

@@ -20,8 +20,8 @@ from cardiofm.contracts.dataset import ManifestCase
 from cardiofm.labels.encoding import encode_landmarks
 from cardiofm.training.checkpoint import load_checkpoint
 from cardiofm.training.config import TrainConfig
-from cardiofm.training.data import F32, Sample, landmark_encoding, load_image, load_manifest
-from cardiofm.training.inference import predict_case
+from cardiofm.training.data import F32, Sample, landmark_encoding, load_manifest
+from cardiofm.training.inference import predict_dataset_case
 from cardiofm.training.trainer import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,7 @@ def pseudolabel_dataset(
     manifest = load_manifest(dataset_dir)
     written: dict[str, int] = {}
     for case in manifest.cases:
-        hu, grid = load_image(dataset_dir / "cases" / case.case_id, ckpt.train_config.preprocessing)
-        pred = predict_case(ckpt, model, hu, grid, device=device)
+        pred = predict_dataset_case(ckpt, model, dataset_dir / "cases" / case.case_id, device=device)
         for task, probs in pred.probabilities.items():
             folder = out / task
             folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cardiofm.errors import ConfigError
-from cardiofm.models.config import ModelConfig
+from cardiofm.models.config import HeartConditioning, ModelConfig
 from cardiofm.training.checkpoint import load_checkpoint, save_checkpoint
 from cardiofm.training.config import TrainConfig
 from cardiofm.training.data import PatchDataset, Sample, foreground_voxels, load_manifest, load_sample
@@ -82,12 +82,17 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def load_training_samples(
-    datasets: list[Path], cfg: TrainConfig, split: str = "train", pseudo_dirs: list[Path] | None = None
+    datasets: list[Path],
+    cfg: TrainConfig,
+    split: str = "train",
+    pseudo_dirs: list[Path] | None = None,
+    heart_conditioning: HeartConditioning = "none",
 ) -> list[Sample]:
     """Every case of ``split`` that holds a label (or, with ``pseudo_dirs``, a pseudo-label) for a trained task.
 
     ``pseudo_dirs`` pairs with ``datasets`` (one pseudo-label folder per dataset, see
-    :mod:`cardiofm.training.pseudolabel`).
+    :mod:`cardiofm.training.pseudolabel`). ``heart_conditioning`` is the model's: unless ``none``, each
+    case's heart map is loaded too.
     """
     from cardiofm.training.pseudolabel import attach_pseudolabels
 
@@ -100,7 +105,7 @@ def load_training_samples(
                 continue
             if pseudo is None and not set(case.tasks) & set(cfg.tasks):
                 continue
-            sample = load_sample(root, case, cfg)
+            sample = load_sample(root, case, cfg, heart_conditioning)
             if pseudo is not None:
                 sample = attach_pseudolabels(sample, case, pseudo, cfg)
                 sample.foreground = foreground_voxels(sample.targets)
@@ -115,6 +120,8 @@ def _apply_freeze(model: torch.nn.Module, freeze: Freeze, tasks: tuple[str, ...]
     if freeze == "backbone":
         freeze_backbone(model)
     elif freeze == "last-layer":
+        for param in model.parameters():  # only the trained tasks' heads stay trainable
+            param.requires_grad_(False)
         for task in tasks:
             only_last_layer(model, task)
 
@@ -140,7 +147,7 @@ def train_step(
             if f"soft_{t}" in batch and cfg.soft_weight > 0:
                 soft = batch[f"soft_{t}"]
                 confident = soft.max(dim=1).values >= cfg.min_confidence
-                kd = distillation_loss(outputs[t][0], soft, cfg.temperature, confident)
+                kd = distillation_loss(outputs[t][0], soft, cfg.temperature, confident, cfg.kd_balance)
                 total = total + cfg.soft_weight * kd
                 per_task[f"kd_{t}"] = float(kd.detach())
     if regulariser is not None:
@@ -223,7 +230,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = MaskedMultiHeadLoss(tasks=cfg.tasks)
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
-    dataset = PatchDataset(samples, cfg, cfg.tasks)
+    dataset = PatchDataset(samples, cfg, cfg.tasks, heart_conditioning=model_cfg.heart_conditioning)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
         dataset,

@@ -26,7 +26,7 @@ import pytest
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from cardiofm.constants import LANDMARK_NAMES, TASK_LANDMARKS
+from cardiofm.constants import LANDMARK_NAMES, MASK_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.dataset import CaseRecord, DatasetManifest, ManifestCase
 from cardiofm.contracts.federation import FederationRecord, SiteRecord, StudyRecord
 from cardiofm.dicom.index import file_key
@@ -120,6 +120,8 @@ def test_federation_shape(federation: tuple[Path, FederationRecord]) -> None:
     assert all(len(s.studies) == 3 for s in record.sites)
     assert all(len(st.series) == 6 and st.correct_series_uid for s in record.sites for st in s.studies)
     assert any(st.tasks_labelled for s in record.sites for st in s.studies)
+    # the first site also labels the downstream coronary arteries (FederationSettings.coronary_sites)
+    assert any("coronaries" in st.tasks_labelled for st in record.sites[0].studies)
 
 
 # --- (a) series selection ---------------------------------------------------------------------------
@@ -227,20 +229,23 @@ def test_crop_geometry_keeps_every_landmark(
             assert abs(got - expected) <= 0.5 + 1e-3, f"{case.case_id} {name}: crop {got} vs original {expected}"
 
 
+@pytest.mark.parametrize("task", MASK_TASKS)
 @pytest.mark.parametrize("site_id", SITE_IDS)
-def test_calcification_labels_match_ground_truth(
-    prepared: dict[str, Prepared], federation: tuple[Path, FederationRecord], site_id: str
+def test_mask_labels_match_ground_truth(
+    prepared: dict[str, Prepared], federation: tuple[Path, FederationRecord], site_id: str, task: str
 ) -> None:
     root, _ = federation
     run = prepared[site_id]
+    held = [c.case_id for c in run.manifest.cases if task in c.tasks]
+    assert held == [c.case_id for c in run.manifest.cases if task in run.study(c).tasks_labelled]
     for case in run.manifest.cases:
         study = run.study(case)
-        path = run.out / "cases" / case.case_id / "labels" / "calcification.nii.gz"
-        if "calcification" not in study.tasks_labelled:
+        path = run.out / "cases" / case.case_id / "labels" / f"{task}.nii.gz"
+        if task not in study.tasks_labelled:
             assert not path.exists(), case.case_id
             continue
         got, grid = load_nifti(path)
-        truth, truth_grid = load_nifti(root / "ground_truth" / study.case_id / "calcification.nii.gz")
+        truth, truth_grid = load_nifti(root / "ground_truth" / study.case_id / f"{task}.nii.gz")
         on_crop = resample_onto((np.asarray(truth) > 0).astype(np.uint8), truth_grid, grid, order=0, fill_value=0)
         assert dice(np.asarray(got), on_crop) > 0.9, case.case_id
         # the label is the site mask resampled nearest-neighbour onto the crop grid, voxel for voxel
@@ -279,6 +284,7 @@ def test_dataset_holds_no_patient_identifiers(prepared: dict[str, Prepared], sit
             "heart.nii.gz",
             "labels/landmarks.json",
             "labels/calcification.nii.gz",
+            "labels/coronaries.nii.gz",
         }
 
 

@@ -135,7 +135,9 @@ def test_dicom_seg_masks_prepare_like_nifti(tmp_path: Path) -> None:
     converted = convert_site_to_seg(seg_dir, site)
     assert converted == sum(1 for s in site.studies if "calcification" in s.tasks_labelled)
     assert converted > 0
-    assert not list(seg_dir.rglob("*.nii.gz"))
+    calc = load_site_config(seg_dir / "site.yaml").annotations.calcification
+    assert calc is not None
+    assert not list((seg_dir / calc.path).rglob("*.nii.gz"))  # (the site's coronary masks stay NIfTI)
 
     prepare_site(nifti_dir, tmp_path / "out-nifti")
     prepare_site(seg_dir, tmp_path / "out-seg")

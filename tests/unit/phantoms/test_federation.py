@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset
 
-from cardiofm.constants import CT_IMAGE_STORAGE_UID, HEART_LABELS, LANDMARK_NAMES, TASK_LANDMARKS, TASKS
+from cardiofm.constants import CT_IMAGE_STORAGE_UID, HEART_LABELS, LANDMARK_NAMES, MASK_TASKS, TASK_LANDMARKS, TASKS
 from cardiofm.contracts.federation import FederationRecord, SiteRecord, StudyRecord
 from cardiofm.contracts.site import SiteConfig
 from cardiofm.imaging.geometry import Grid, lps_to_ras, ras_to_lps
@@ -136,7 +136,8 @@ def test_site_tasks_follow_training_plan(fed: Federation) -> None:
     training = [s for s in fed.record.sites if not s.held_out]
     assert [s.held_out for s in fed.record.sites] == [False, False, False, True]
     for t, site in enumerate(training):
-        assert site.tasks == training_site_tasks(t), site.site_id
+        coronaries = ["coronaries"] if t in SETTINGS.coronary_sites else []
+        assert site.tasks == training_site_tasks(t) + coronaries, site.site_id
         assert site.annotation_format is not None
     for site in fed.record.sites:
         if site.held_out:
@@ -295,26 +296,27 @@ def test_landmark_annotations_round_trip(fed: Federation, site_id: str) -> None:
         assert len(written) == len(labelled), "one file per landmark-labelled study, nothing else"
 
 
+@pytest.mark.parametrize("task", MASK_TASKS)
 @pytest.mark.parametrize("site_id", SITE_IDS)
-def test_calcification_annotations_match_ground_truth(fed: Federation, site_id: str) -> None:
+def test_mask_annotations_match_ground_truth(fed: Federation, site_id: str, task: str) -> None:
     site = fed.site(site_id)
     cfg = fed.config(site_id)
-    spec = cfg.annotations.calcification
-    assert (spec is not None) == ("calcification" in site.tasks)
+    spec = cfg.annotations.mask_spec(task)
+    assert (spec is not None) == (task in site.tasks)
     if spec is None:
-        assert not any("calcification" in st.tasks_labelled for st in site.studies)
+        assert not any(task in st.tasks_labelled for st in site.studies)
         return
     folder = fed.root / site_id / spec.path
     found = 0
     for study in site.studies:
         key = str(getattr(fed.study_header(site_id, study), cfg.annotations.match_by))
         path = folder / spec.file_pattern.format(key=key)
-        if "calcification" not in study.tasks_labelled:
+        if task not in study.tasks_labelled:
             assert not path.exists(), study.case_id
             continue
         found += 1
         mask, grid = load_nifti(path)
-        truth, truth_grid = load_nifti(fed.root / "ground_truth" / study.case_id / "calcification.nii.gz")
+        truth, truth_grid = load_nifti(fed.root / "ground_truth" / study.case_id / f"{task}.nii.gz")
         _assert_same_grid(grid, truth_grid)
         np.testing.assert_array_equal(mask, truth)
     existing = list(folder.iterdir()) if folder.exists() else []
@@ -338,6 +340,7 @@ def test_held_out_sites_have_no_annotations(fed: Federation) -> None:
         cfg = fed.config(site.site_id)
         assert cfg.annotations.landmarks is None
         assert cfg.annotations.calcification is None
+        assert cfg.annotations.coronaries is None
         assert all(st.tasks_labelled == [] for st in site.studies)
 
 

@@ -184,3 +184,40 @@ def test_distillation_loss_zero_for_matching_student_positive_otherwise() -> Non
     assert float(empty.detach()) == 0.0
     with pytest.raises(ConfigError):
         distillation_loss(other, teacher, 0.0, mask)
+
+
+def _one_landmark_teacher(size: int) -> tuple[Tensor, Tensor]:
+    """Teacher sure of background everywhere but one voxel of class 1; student right on background only."""
+    teacher = torch.full((1, 3, size, size, size), 0.01)
+    teacher[:, 0] = 0.98
+    teacher[0, :, 0, 0, 0] = torch.tensor([0.02, 0.97, 0.01])
+    student = torch.log(teacher).clone()
+    student[0, :, 0, 0, 0] = torch.log(torch.tensor([0.98, 0.01, 0.01]))  # misses the landmark
+    return teacher, student
+
+
+def test_class_balanced_distillation_does_not_let_background_drown_a_small_structure() -> None:
+    small_teacher, small_student = _one_landmark_teacher(4)
+    large_teacher, large_student = _one_landmark_teacher(16)
+    balanced_small = float(distillation_loss(small_student, small_teacher, 2.0))
+    balanced_large = float(distillation_loss(large_student, large_teacher, 2.0))
+    # each present class weighs the same: 64× more background voxels leave the loss unchanged
+    assert balanced_small == pytest.approx(balanced_large, rel=1e-5)
+    assert balanced_large > 0.1
+    # a plain voxel mean shrinks with the amount of background (the defect the default avoids)
+    voxel_large = float(distillation_loss(large_student, large_teacher, 2.0, balance="voxel"))
+    assert voxel_large < balanced_large / 1000
+    assert voxel_large == pytest.approx(balanced_large * 2 / 16**3, rel=1e-4)
+
+
+def test_class_balanced_distillation_ignores_unselected_voxels_of_a_class() -> None:
+    teacher, student = _one_landmark_teacher(4)
+    student = student.clone().requires_grad_(True)
+    mask = torch.ones(1, 4, 4, 4, dtype=torch.bool)
+    mask[0, 0, 0, 0] = False  # drop the only landmark voxel: only background left, which the student matches
+    kd = distillation_loss(student, teacher, 2.0, mask)
+    assert abs(float(kd.detach())) < 1e-6
+    (grad,) = torch.autograd.grad(distillation_loss(student, teacher, 2.0), student)
+    assert bool((grad[0, :, 0, 0, 0] != 0).any())
+    with pytest.raises(ConfigError, match="balance"):
+        distillation_loss(student, teacher, 2.0, balance="pixel")  # type: ignore[arg-type]
