@@ -24,7 +24,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help setup deps segmenter demo test lint typecheck unit bench clean
 
 help:
-	@echo "make demo   - generate a synthetic federation and print its summary (SEED=, SITES=, CASES=)"
+	@echo "make demo   - synthetic hospitals, the federated chain on loopback, evaluation tables (SEED=, SITES=, CASES=)"
 	@echo "make test   - lint, type-check and run all tests"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make clean  - remove environments and generated output"
@@ -62,7 +62,8 @@ $(APT_STAMP):
 
 deps: $(APT_STAMP)
 
-demo: $(STAMP)
+# The demo's coordinator runs the allowlisting proxy (Debian's nginx, from the Debian packages above).
+demo: $(STAMP) $(APT_STAMP)
 	$(BIN)/cardiofm demo --out demo-output --seed $(SEED) --sites $(SITES) --cases $(CASES)
 
 lint: $(STAMP)
