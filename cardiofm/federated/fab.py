@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pydantic_core import PydanticUndefined
 from cardiofm import __version__
 from cardiofm.contracts.federated_run import FederatedRunConfig
 from cardiofm.errors import ConfigError
-from cardiofm.federated.flwr_cli import executable, flower_env
+from cardiofm.federated.flwr_cli import flwr_build
 
 #: Folder (and project) name of the app; letters, digits and ``-`` only.
 APP_NAME: Final[str] = "cardiofm-fl"
@@ -41,7 +40,6 @@ PUBLISHER: Final[str] = "cardiofm"
 FLWR_VERSION: Final[str] = "1.42.0"
 SERVER_APP: Final[str] = "cardiofm.federated.server_app:app"
 CLIENT_APP: Final[str] = "cardiofm.federated.client_app:app"
-_BUILD_TIMEOUT_S: Final[float] = 120.0
 
 _README = """# cardiofm federated app
 
@@ -146,21 +144,6 @@ def build_fab(out_dir: Path, flwr_home: Path) -> FabBuild:
     ConfigError
         If ``flwr build`` rejects the app, naming its last output lines.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="fab-stage-") as stage, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        app_dir = write_app_dir(Path(stage))
-        proc = subprocess.run(
-            [executable("flwr"), "build", "--app", str(app_dir)],
-            cwd=tmp,
-            env=flower_env(flwr_home),
-            capture_output=True,
-            text=True,
-            timeout=_BUILD_TIMEOUT_S,
-            check=False,
-        )
-        fabs = list(Path(tmp).glob("*.fab"))
-        if proc.returncode != 0 or len(fabs) != 1:
-            raise ConfigError(f"`flwr build` failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
-        target = out_dir / fabs[0].name
-        fabs[0].replace(target)
+    with tempfile.TemporaryDirectory(prefix="fab-stage-") as stage:
+        target = flwr_build(write_app_dir(Path(stage)), flwr_home, out_dir)
     return FabBuild(path=target, sha256=hashlib.sha256(target.read_bytes()).hexdigest())

@@ -257,22 +257,21 @@ def parse_assignments(pairs: list[str]) -> dict[str, str | int | float | bool]:
     return out
 
 
-def fab_sha256(app_dir: Path, flwr_home: Path) -> str:
-    """SHA-256 of the app bundle (FAB) ``flwr build`` makes from ``app_dir``; sites pin this value.
-
-    The build is deterministic, so the hash equals the one of the bundle ``flwr run`` ships.
+def flwr_build(app_dir: Path, flwr_home: Path, dest_dir: Path) -> Path:
+    """Build the app bundle (FAB) of ``app_dir`` with ``flwr build`` and move it into ``dest_dir``.
 
     Raises
     ------
     MissingResourceError
         If ``app_dir`` has no ``pyproject.toml``.
     ConfigError
-        If ``flwr build`` rejects the app (e.g. its folder name contains ``_``).
+        If ``flwr build`` rejects the app (e.g. its folder name contains ``_``), naming its last output lines.
     """
     app_dir = app_dir.resolve()
     if not (app_dir / "pyproject.toml").is_file():
         raise MissingResourceError(f"{app_dir} is not a Flower app folder (no pyproject.toml)")
-    with tempfile.TemporaryDirectory(prefix="fab-") as tmp:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fab-", dir=dest_dir) as tmp:
         proc = subprocess.run(
             [executable("flwr"), "build", "--app", str(app_dir)],
             cwd=tmp,
@@ -288,4 +287,18 @@ def fab_sha256(app_dir: Path, flwr_home: Path) -> str:
                 f"`flwr build` rejected {app_dir} (the folder name must match [A-Za-z][A-Za-z0-9-]*): "
                 f"{(proc.stderr or proc.stdout).strip()[-500:]}"
             )
-        return hashlib.sha256(fabs[0].read_bytes()).hexdigest()
+        return fabs[0].replace(dest_dir / fabs[0].name)
+
+
+def fab_sha256(app_dir: Path, flwr_home: Path) -> str:
+    """SHA-256 of the app bundle (FAB) ``flwr build`` makes from ``app_dir``; sites pin this value.
+
+    The build is deterministic, so the hash equals the one of the bundle ``flwr run`` ships.
+
+    Raises
+    ------
+    MissingResourceError, ConfigError
+        As :func:`flwr_build`.
+    """
+    with tempfile.TemporaryDirectory(prefix="fab-hash-") as tmp:
+        return hashlib.sha256(flwr_build(app_dir, flwr_home, Path(tmp)).read_bytes()).hexdigest()
