@@ -20,7 +20,6 @@ Design
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pydantic_core import PydanticUndefined
 from cardiofm import __version__
 from cardiofm.contracts.federated_run import FederatedRunConfig
 from cardiofm.errors import ConfigError
-from cardiofm.federated.flwr_cli import flwr_build
+from cardiofm.federated.flwr_cli import flwr_build, toml_value
 
 #: Folder (and project) name of the app; letters, digits and ``-`` only.
 APP_NAME: Final[str] = "cardiofm-fl"
@@ -56,14 +55,6 @@ class FabBuild:
     sha256: str
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
 def default_run_config() -> dict[str, bool | int | float | str]:
     """Every run-config key with its default (kebab-case, lists as comma-separated text)."""
     out: dict[str, bool | int | float | str] = {}
@@ -83,7 +74,7 @@ def default_run_config() -> dict[str, bool | int | float | str]:
 
 def app_pyproject() -> str:
     """The bundle's ``pyproject.toml``."""
-    config = "\n".join(f"{key} = {_toml_value(value)}" for key, value in default_run_config().items())
+    config = "\n".join(f"{key} = {toml_value(value)}" for key, value in default_run_config().items())
     return f"""[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"

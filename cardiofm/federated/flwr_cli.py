@@ -205,6 +205,15 @@ class FlwrCli:
             time.sleep(poll_s)
 
 
+def toml_value(value: str | int | float | bool) -> str:
+    """``value`` as a TOML value (the syntax of ``[tool.flwr.app.config]`` and of ``--run-config``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def format_config(values: Mapping[str, str | int | float | bool]) -> str:
     """``k=v`` pairs in the TOML-value syntax Flower's ``--run-config``/``--node-config`` parse.
 
@@ -218,15 +227,9 @@ def format_config(values: Mapping[str, str | int | float | bool]) -> str:
     for key, value in values.items():
         if not key or any(c in key for c in ' ="\n'):
             raise ConfigError(f"config key {key!r} must be one word (kebab-case, no '=' or quotes)")
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        else:
-            if any(c in value for c in '"\\\n\r'):
-                raise ConfigError(f"config value of {key!r} must not contain quotes, backslashes or line breaks")
-            text = f'"{value}"'
-        parts.append(f"{key}={text}")
+        if isinstance(value, str) and any(c in value for c in '"\\\n\r'):
+            raise ConfigError(f"config value of {key!r} must not contain quotes, backslashes or line breaks")
+        parts.append(f"{key}={toml_value(value)}")
     return " ".join(parts)
 
 

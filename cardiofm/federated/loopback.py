@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from cardiofm.errors import ConfigError, ExternalToolError, FederationTimeoutErr
 from cardiofm.federated import pki, superlink
 from cardiofm.federated.fab import write_app_dir
 from cardiofm.federated.flwr_cli import STATUS_COMPLETED, FlwrCli, fab_sha256, venv_bin
+from cardiofm.federated.supernode import exit_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -231,27 +231,10 @@ def stop_coordinator(fed: LoopbackFederation) -> list[str]:
     return superlink.stop(fed.cfg)
 
 
-def _raise_on_sigterm() -> Callable[[], None]:
-    """Turn SIGTERM/SIGHUP into ``SystemExit`` (so ``finally`` blocks stop the children); returns a restorer."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def _raise(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
-
-
 @contextlib.contextmanager
 def loopback_federation(work_dir: Path, datasets: Mapping[str, Path]) -> Iterator[LoopbackFederation]:
     """:func:`start_coordinator` … :func:`stop_coordinator`, stopping everything on every way out."""
-    restore = _raise_on_sigterm()
+    restore = exit_on_signals()
     try:
         fed = start_coordinator(work_dir, datasets)
         try:

@@ -49,7 +49,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.run import Run
 
 from cardiofm import __version__
 from cardiofm.contracts.federated_run import FederatedRunConfig
@@ -57,7 +56,7 @@ from cardiofm.errors import ConfigError, FederationTimeoutError
 from cardiofm.federated import task
 from cardiofm.federated.aggregation import MetricMean, ServerOptimizer
 from cardiofm.federated.strategy import PartialLabelStrategy, build_strategy
-from cardiofm.federated.streaming import StreamingGrid
+from cardiofm.federated.streaming import DelegatingGrid, StreamingGrid
 from cardiofm.models.registry import BACKBONE, build_model
 from cardiofm.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
@@ -93,7 +92,7 @@ class Exchange:
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-class RecordingGrid(Grid):
+class RecordingGrid(DelegatingGrid):
     """Delegates to ``grid``; records every ``send_and_receive`` as an :class:`Exchange` while replies stream.
 
     Parameters
@@ -121,28 +120,13 @@ class RecordingGrid(Grid):
         node_wait_s: float = float("inf"),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.exchanges: list[Exchange] = []
         self.min_answers = dict(min_answers or {})
         self.min_nodes = min_nodes
         self.node_wait_s = node_wait_s
         self._clock = clock
         self._short_since: float | None = None
-
-    def set_run(self, run: Run) -> None:
-        """Delegate to the wrapped grid."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped grid's run."""
-        return self._grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        """Delegate to the wrapped grid."""
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         """The wrapped grid's connected sites; fails once too few have been connected for too long.
@@ -165,14 +149,6 @@ class RecordingGrid(Grid):
                 "(min-nodes, round-timeout-s); check that the sites' SuperNodes run and reach the SuperLink"
             )
         return nodes
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Delegate to the wrapped grid."""
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegate to the wrapped grid."""
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Send through the wrapped grid; return the replies as they arrive, recording each."""

@@ -37,34 +37,12 @@ class RoundTraffic:
     answered_nodes: list[int] = field(default_factory=list)
 
 
-class StreamingGrid(Grid):
-    """Delegates to ``grid``; ``send_and_receive`` yields replies one by one as they arrive.
+class DelegatingGrid(Grid):
+    """A Flower ``Grid`` that forwards every call to ``grid``; subclasses override what they change."""
 
-    Parameters
-    ----------
-    grid
-        The grid Flower handed to the ServerApp.
-    poll_s
-        Sleep between polls while no reply is ready.
-    clock, sleep
-        Injectable time source and sleep (tests).
-    """
-
-    def __init__(
-        self,
-        grid: Grid,
-        poll_s: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, grid: Grid) -> None:
         self._grid = grid
-        self.poll_s = poll_s
-        self._clock = clock
-        self._sleep = sleep
-        #: One entry per ``send_and_receive`` call, filled while its generator runs.
-        self.traffic: list[RoundTraffic] = []
 
-    # --- plain delegation -------------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
         """Delegate to the wrapped grid."""
         self._grid.set_run(run)
@@ -91,6 +69,38 @@ class StreamingGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Delegate to the wrapped grid."""
         return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Delegate to the wrapped grid."""
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class StreamingGrid(DelegatingGrid):
+    """Delegates to ``grid``; ``send_and_receive`` yields replies one by one as they arrive.
+
+    Parameters
+    ----------
+    grid
+        The grid Flower handed to the ServerApp.
+    poll_s
+        Sleep between polls while no reply is ready.
+    clock, sleep
+        Injectable time source and sleep (tests).
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        poll_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(grid)
+        self.poll_s = poll_s
+        self._clock = clock
+        self._sleep = sleep
+        #: One entry per ``send_and_receive`` call, filled while its generator runs.
+        self.traffic: list[RoundTraffic] = []
 
     # --- streaming ---------------------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:

@@ -280,8 +280,8 @@ def _kill_session(child: subprocess.Popen[bytes], timeout_s: float = 15.0) -> in
     return code
 
 
-def _exit_on_signals() -> Callable[[], None]:
-    """Turn SIGTERM/SIGHUP into ``SystemExit`` while joining, so the SuperNode is always stopped.
+def exit_on_signals() -> Callable[[], None]:
+    """Turn SIGTERM/SIGHUP into ``SystemExit`` (so ``finally`` blocks stop the child processes).
 
     Returns a function restoring the previous handlers (a no-op outside the main thread).
     """
@@ -335,7 +335,7 @@ def join(params: SiteJoinParams, poll_s: float = 0.5) -> JoinResult:
     log_file = params.work_dir / LOG_NAME
     cmd = supernode_command(params)
     started = time.monotonic()
-    restore = _exit_on_signals()
+    restore = exit_on_signals()
     try:
         with log_file.open("ab") as out:
             child = subprocess.Popen(

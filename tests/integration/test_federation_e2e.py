@@ -34,6 +34,7 @@ import torch
 from cardiofm.contracts.dataset import DatasetManifest
 from cardiofm.contracts.federated_run import SiteNodeConfig
 from cardiofm.federated.fab import build_fab, write_app_dir
+from cardiofm.federated.flwr_cli import format_config
 from cardiofm.federated.task import pseudolabel_site
 from cardiofm.phantoms.federation import FederationSettings, generate_federation
 from cardiofm.pipeline.prepare import prepare_site
@@ -68,14 +69,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
 
 
 def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -153,7 +146,7 @@ class Federation:
 
     def start(self, run_config: dict[str, Any]) -> int:
         """Start a run detached; return its id."""
-        config = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
+        config = format_config(run_config)
         started = self.flwr("run", str(self.app_dir), CONNECTION, "--run-config", config)
         assert started.get("success", True), started
         return int(started["run-id"])
