@@ -20,7 +20,11 @@ def join(
     ),
     work_dir: Path = typer.Option(Path("supernode"), "--work-dir", help="Where the SuperNode's log and run marker go."),
     timeout_s: float = typer.Option(12 * 3600.0, "--timeout-s", help="Fail (exit 8) if the run has not ended by then."),
-    grace_s: float = typer.Option(8.0, "--grace-s", help="Seconds to keep the SuperNode up after the run ended."),
+    grace_s: float = typer.Option(
+        8.0,
+        "--grace-s",
+        help="Seconds to keep the SuperNode up after the run ended, so its last reply is pulled before it leaves.",
+    ),
     runtime_port: int = typer.Option(9094, "--runtime-port", help="SuperNode Runtime API port on 127.0.0.1."),
     node_config: list[str] = typer.Option([], "--node-config", help="Extra site fact key=value (repeatable)."),
     insecure_dev: bool = typer.Option(

@@ -216,7 +216,10 @@ class SiteJoinParams(BaseModel):
     timeout_s:
         Give up (distinct exit code) if the run has not finished by then.
     grace_s:
-        Wait after the done marker before stopping the SuperNode, so its last reply is delivered.
+        Wait after the done marker before stopping the SuperNode, so its last reply is delivered. It must
+        outlast the ServerApp's reply poll (0.5 s for cardiofm's, 3 s for Flower's stock grid): the
+        SuperLink replaces the reply of a node that went offline before the reply was pulled with
+        "Node Unavailable".
     runtime_port:
         The SuperNode's own Runtime API port on 127.0.0.1 (one per SuperNode on a host).
     node_config:

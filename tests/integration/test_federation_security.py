@@ -112,7 +112,8 @@ def _write_app(folder: Path) -> Path:
                 ok = [r for r in replies if not r.has_error()]
                 # every node answers: a site that refuses the bundle answers with an error reply
                 if len(replies) < need or not ok:
-                    raise RuntimeError(f"{len(replies)} replies, {len(ok)} ok")
+                    errors = [f"{r.error.code}: {r.error.reason}" for r in replies if r.has_error()]
+                    raise RuntimeError(f"{len(replies)} replies, {len(ok)} ok; errors: {errors}")
             """
         )
     )
@@ -202,7 +203,9 @@ def _join(
     data = fed.root / "dataset"
     data.mkdir(exist_ok=True)
     cmd = [CARDIOFM, "site", "join", "--superlink", fed.address, "--data", str(data), "--work-dir", str(work)]
-    cmd += ["--runtime-port", str(_free_port()), "--timeout-s", str(timeout_s), "--grace-s", "2"]
+    # the default grace (8 s) outlasts the stock grid's 3 s reply poll: a SuperNode that leaves before the
+    # ServerApp pulled its last reply has that reply replaced by "Node Unavailable" on the SuperLink
+    cmd += ["--runtime-port", str(_free_port()), "--timeout-s", str(timeout_s)]
     for digest in pins or (fed.fab_sha256,):
         cmd += ["--pin-fab", digest]
     if site is not None:
