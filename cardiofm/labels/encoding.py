@@ -40,6 +40,8 @@ from cardiofm.imaging.geometry import Grid
 
 EncodingKind = Literal["sphere", "gaussian"]
 DecodeMethod = Literal["largest_component", "weighted"]
+#: How :func:`decode_landmarks` ranks a class's connected components (see its ``component`` parameter).
+ComponentRule = Literal["mass", "voxels"]
 
 #: 26-connectivity (faces, edges and corners), as in the reference decoder (cc3d default).
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -268,17 +270,20 @@ def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | N
     return box[0], box[1], box[2]
 
 
-def _largest_component(mask: npt.NDArray[np.bool_]) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]] | None:
+def _largest_component(
+    mask: npt.NDArray[np.bool_], weights: npt.NDArray[np.floating] | None = None
+) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]] | None:
     """Largest 26-connected component of a 3-D ``mask`` as (bounding box, boolean mask inside the box), or None.
 
-    Equal sizes: the component met first in C order wins (deterministic). Labelling runs only inside the
-    bounding box of ``mask``, which keeps 200³ volumes fast.
+    Size is the voxel count, or with ``weights`` (same shape as ``mask``) the sum of the weights over the
+    component. Equal sizes: the component met first in C order wins (deterministic). Labelling runs only
+    inside the bounding box of ``mask``, which keeps 200³ volumes fast.
     """
     outer = _bounding_box(mask)
     if outer is None:
         return None
     lab, _ = ndimage.label(mask[outer], structure=_CONNECTIVITY_26)
-    sizes = np.bincount(lab.ravel())
+    sizes = np.bincount(lab.ravel(), weights=None if weights is None else weights[outer].ravel())
     sizes[0] = 0
     best = int(np.argmax(sizes))
     inner = ndimage.find_objects(lab, max_label=best)[best - 1]
@@ -339,6 +344,7 @@ def decode_landmarks(
     enc: LandmarkEncoding | None = None,
     has_background: bool | None = None,
     refine: bool = True,
+    component: ComponentRule = "mass",
 ) -> dict[str, DecodedPoint]:
     """Decode per-voxel class scores into world landmarks, keyed by name.
 
@@ -356,8 +362,8 @@ def decode_landmarks(
         ``"largest_component"`` (the reference work's decoder): voxel label = argmax over the channels (for
         heatmaps: the channel with the highest value if it exceeds ``exp(-r² / 2σ²)``, the heatmap level at the
         sphere radius, else background, so an ideal heatmap yields the same ball as a sphere label); per class
-        the largest 26-connected component; its **unweighted** centroid (continuous index, sub-voxel) mapped to
-        LPS.
+        the largest 26-connected component (see ``component``); its **unweighted** centroid (continuous index,
+        sub-voxel) mapped to LPS.
         ``"weighted"``: per class the largest 26-connected component of ``p > 0.5`` (the class's own
         probability/heatmap) is the seed; it grows to the 26-connected region of ``p > 0.02`` that contains it,
         and the point is the ``p``-weighted centroid over that region (sub-voxel, uses the soft edges). Blobs
@@ -373,6 +379,11 @@ def decode_landmarks(
         :func:`_refine_sphere_centre`): the error of an ideal sphere drops from up to ~0.15 voxel (and ~0.3 mm for
         a sphere cut by the border) to a few hundredths of a voxel. ``False`` gives the reference work's plain
         centroid. Not applied to ``"weighted"`` heatmap decoding, whose weighted centroid is already unbiased.
+    component:
+        Which connected component is "largest": ``"mass"`` (default) the one holding the most probability of
+        the class (the sum of its ``p``), so a less certain false detection elsewhere loses to the confident
+        structure even when it has a few more voxels; ``"voxels"`` the one with the most voxels (the reference
+        work's rule). Both agree on hard (0/1) scores.
 
     Returns
     -------
@@ -415,6 +426,8 @@ def decode_landmarks(
         raise ValueError("probs contains non-finite values")
     if method not in ("largest_component", "weighted"):
         raise ValueError(f"method must be 'largest_component' or 'weighted', got {method!r}")
+    if component not in ("mass", "voxels"):
+        raise ValueError(f"component must be 'mass' or 'voxels', got {component!r}")
     first = 1 if has_background else 0
     voxel_mm3 = float(np.prod(grid.spacing_mm))
 
@@ -429,8 +442,9 @@ def decode_landmarks(
     out: dict[str, DecodedPoint] = {}
     for n, name in enumerate(name_list):
         channel = p[first + n]
+        mass = channel if component == "mass" else None
         if label_map is not None:
-            found = _largest_component(label_map == n + 1)
+            found = _largest_component(label_map == n + 1, mass)
             if found is None:
                 continue
             box, comp = found
@@ -438,7 +452,7 @@ def decode_landmarks(
             if refine:
                 centre = _refine_sphere_centre(grid, centre, enc.radius_mm)
         else:
-            found = _largest_component(channel > _SEED_THRESHOLD)
+            found = _largest_component(channel > _SEED_THRESHOLD, mass)
             if found is None:
                 continue
             seed_box, seed = found

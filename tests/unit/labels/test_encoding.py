@@ -189,6 +189,26 @@ def test_spurious_smaller_blob_of_the_same_class_is_ignored(method: DecodeMethod
     assert _error_mm(grid, decoded["RCC"].lps_mm, points["RCC"]) <= 0.1
 
 
+@pytest.mark.parametrize("method", ["largest_component", "weighted"])
+def test_a_larger_but_less_certain_false_blob_loses_to_the_confident_structure(method: DecodeMethod) -> None:
+    grid = GRIDS["identity"]
+    points = _points(grid)
+    labels = encode_landmarks(points, NAMES, grid)
+    rcc = labels == 1
+    stray = np.zeros_like(rcc)
+    stray[1:8, 1:8, 1:8] = True  # 343 voxels far from every landmark: more than the RCC sphere (~268)
+    assert stray.sum() > rcc.sum()
+    labels[stray] = 1
+    probs = _one_hot(labels, len(NAMES) + 1)
+    for voxels, p_rcc in ((rcc, 0.95), (stray, 0.55)):  # the stray blob is RCC by argmax, but barely
+        probs[1][voxels], probs[0][voxels] = p_rcc, 1.0 - p_rcc
+    by_mass = decode_landmarks(probs, NAMES, grid, method)
+    assert _error_mm(grid, by_mass["RCC"].lps_mm, points["RCC"]) <= 0.1
+    # the reference work's rule (most voxels) takes the false blob
+    by_voxels = decode_landmarks(probs, NAMES, grid, method, component="voxels")
+    assert _error_mm(grid, by_voxels["RCC"].lps_mm, points["RCC"]) > 20.0
+
+
 def test_soft_probabilities_decode_with_weighted_centroid() -> None:
     grid = GRIDS["oblique"]
     points = _points(grid, seed=3)
@@ -236,3 +256,5 @@ def test_invalid_inputs_raise() -> None:
         decode_landmarks(np.zeros((6, 16, 16, 15)), NAMES, grid)
     with pytest.raises(ValueError, match="non-finite"):
         decode_landmarks(np.full((6, 16, 16, 16), np.nan), NAMES, grid)
+    with pytest.raises(ValueError, match="component"):
+        decode_landmarks(np.zeros((6, 16, 16, 16)), NAMES, grid, component="size")  # type: ignore[arg-type]
