@@ -201,29 +201,6 @@ def memory_table(site_counts: list[int], model: str, stock_max_sites: int) -> di
 # --------------------------------------------------------------------------------------------------
 
 _STOCK_APP = {
-    "pyproject.toml": """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "stock-floor"
-version = "1.0.0"
-dependencies = ["flwr==1.42.0"]
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "bench"
-
-[tool.flwr.app.components]
-serverapp = "stockfloor.server:app"
-clientapp = "stockfloor.client:app"
-
-[tool.flwr.app.config]
-num-rounds = 3
-out = ""
-""",
     "stockfloor/__init__.py": "",
     "stockfloor/client.py": """import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
@@ -270,7 +247,22 @@ def main(grid, context) -> None:
 
 
 def _stock_app(parent: Any) -> Any:
+    from cardiofm.federated.fab import FLWR_VERSION, flower_app_pyproject
+
     app = parent / "stock-floor"
+    app.mkdir(parents=True, exist_ok=True)
+    (app / "pyproject.toml").write_text(
+        flower_app_pyproject(
+            name="stock-floor",
+            version="1.0.0",
+            description="no-op stock Flower app: the polling floor of the federation bench",
+            dependencies=[f"flwr=={FLWR_VERSION}"],
+            publisher="bench",
+            serverapp="stockfloor.server:app",
+            clientapp="stockfloor.client:app",
+            config={"num-rounds": 3, "out": ""},
+        )
+    )
     for name, text in _STOCK_APP.items():
         (app / name).parent.mkdir(parents=True, exist_ok=True)
         (app / name).write_text(text)

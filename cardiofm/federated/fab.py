@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -72,32 +73,57 @@ def default_run_config() -> dict[str, bool | int | float | str]:
     return out
 
 
-def app_pyproject() -> str:
-    """The bundle's ``pyproject.toml``."""
-    config = "\n".join(f"{key} = {toml_value(value)}" for key, value in default_run_config().items())
+def flower_app_pyproject(
+    *,
+    name: str,
+    version: str,
+    description: str,
+    dependencies: list[str],
+    publisher: str,
+    serverapp: str,
+    clientapp: str,
+    config: Mapping[str, str | int | float | bool],
+) -> str:
+    """``pyproject.toml`` text of a Flower app folder (what ``flwr build`` and ``flwr run`` read)."""
+    deps = ", ".join(f'"{d}"' for d in dependencies)
+    lines = "\n".join(f"{key} = {toml_value(value)}" for key, value in config.items())
     return f"""[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "{APP_NAME}"
-version = "{__version__}"
-description = "cardiofm federated stages (configuration only; code from the installed cardiofm package)"
-dependencies = ["flwr=={FLWR_VERSION}", "cardiofm=={__version__}"]
+name = "{name}"
+version = "{version}"
+description = "{description}"
+dependencies = [{deps}]
 
 [tool.hatch.build.targets.wheel]
 packages = ["."]
 
 [tool.flwr.app]
-publisher = "{PUBLISHER}"
+publisher = "{publisher}"
 
 [tool.flwr.app.components]
-serverapp = "{SERVER_APP}"
-clientapp = "{CLIENT_APP}"
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
-{config}
+{lines}
 """
+
+
+def app_pyproject() -> str:
+    """The bundle's ``pyproject.toml``."""
+    return flower_app_pyproject(
+        name=APP_NAME,
+        version=__version__,
+        description="cardiofm federated stages (configuration only; code from the installed cardiofm package)",
+        dependencies=[f"flwr=={FLWR_VERSION}", f"cardiofm=={__version__}"],
+        publisher=PUBLISHER,
+        serverapp=SERVER_APP,
+        clientapp=CLIENT_APP,
+        config=default_run_config(),
+    )
 
 
 def write_app_dir(parent: Path) -> Path:

@@ -238,15 +238,21 @@ def holders(fed: Federation, task: str) -> int:
     return count
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = make_federation(tmp_path_factory.mktemp("federation"), sites=3)
+@contextlib.contextmanager
+def started(fed: Federation) -> Iterator[Federation]:
+    """``fed`` with its SuperLink and SuperNodes running; all of it stopped afterwards."""
     try:
         fed.start_superlink()
         fed.start_supernodes()
         yield fed
     finally:
         fed.stop_all()
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    with started(make_federation(tmp_path_factory.mktemp("federation"), sites=3)) as fed:
+        yield fed
 
 
 def _check_stage(fed: Federation, run_id: int, info: dict[str, Any], stage: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_federation_e2e import COMMON, Federation, holders, make_federation, stop
+from test_federation_e2e import COMMON, Federation, holders, make_federation, started, stop
 
 from cardiofm.federated.server_app import completed_rounds
 from cardiofm.training.checkpoint import load_checkpoint
@@ -34,13 +34,8 @@ ROUND_TIMEOUT_S = 150.0
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = make_federation(tmp_path_factory.mktemp("resilience"), sites=3, database=True)
-    try:
-        fed.start_superlink()
-        fed.start_supernodes()
+    with started(make_federation(tmp_path_factory.mktemp("resilience"), sites=3, database=True)) as fed:
         yield fed
-    finally:
-        fed.stop_all()
 
 
 def _teacher(fed: Federation, **overrides: Any) -> dict[str, Any]:

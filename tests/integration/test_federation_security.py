@@ -31,6 +31,7 @@ from cardiofm.errors import (
     UntrustedAppError,
 )
 from cardiofm.federated import pki, superlink
+from cardiofm.federated.fab import FLWR_VERSION, flower_app_pyproject
 from cardiofm.federated.flwr_cli import FlwrCli, fab_sha256, flower_env, venv_bin
 from cardiofm.federated.supernode import (
     DONE_MARKER_NAME,
@@ -56,29 +57,15 @@ def _write_app(folder: Path) -> Path:
     """A minimal Flower app: the ServerApp sends ``shutdown`` to every node; the ClientApp marks the run done."""
     folder.mkdir(parents=True)
     (folder / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """\
-            [build-system]
-            requires = ["hatchling"]
-            build-backend = "hatchling.build"
-            [project]
-            name = "securityprobe"
-            version = "1.0.0"
-            description = "throwaway app of the federation security tests"
-            license = "Apache-2.0"
-            dependencies = ["flwr==1.42.0"]
-            [tool.hatch.build.targets.wheel]
-            packages = ["."]
-            [tool.flwr.app]
-            publisher = "cardiofm-test"
-            [tool.flwr.app.components]
-            serverapp = "probe_server:app"
-            clientapp = "probe_client:app"
-            [tool.flwr.app.config]
-            stage = "none"
-            min-nodes = 2
-            fail = false
-            """
+        flower_app_pyproject(
+            name="securityprobe",
+            version="1.0.0",
+            description="throwaway app of the federation security tests",
+            dependencies=[f"flwr=={FLWR_VERSION}"],
+            publisher="cardiofm-test",
+            serverapp="probe_server:app",
+            clientapp="probe_client:app",
+            config={"stage": "none", "min-nodes": 2, "fail": False},
         )
     )
     (folder / "probe_server.py").write_text(
