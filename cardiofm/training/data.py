@@ -6,7 +6,9 @@ targets (landmark spheres or Gaussians, calcification / coronary masks) — once
 For a heart-conditioned model the case's heart label map (``heart.nii.gz``, written by the crop-heart
 step) is brought onto the same grid, nearest neighbour. Patches are drawn per step with a seeded
 generator: centred on a labelled structure with probability ``foreground_fraction``, else uniformly;
-padded with the normalised air value (heart: background 0) where the crop is smaller than the patch;
+moved to lie inside the volume on every axis the volume covers (sliding-window inference never pads such a
+volume, so neither does training); padded with the normalised air value (heart: background 0) only where
+the crop is smaller than the patch;
 then augmented with MONAI (affine, intensity, noise; one spatial transform for image, heart and
 targets, nearest for label maps). The patch's ``image`` is the network input: the CT channel plus the
 heart conditioning channels (:func:`cardiofm.models.registry.conditioned_input`).
@@ -176,6 +178,18 @@ def load_sample(
     return Sample(case.case_id, image, grid, targets, {}, foreground_voxels(targets), heart)
 
 
+I64 = npt.NDArray[np.int64]
+
+
+def _inside(start: I64, shape: I64, size: I64) -> I64:
+    """``start`` moved so that the patch lies inside the volume on every axis the volume covers.
+
+    Sliding-window inference never pads a volume larger than its window; on an axis shorter than the
+    patch, the whole volume stays inside the patch.
+    """
+    return np.clip(start, np.minimum(0, shape - size), np.maximum(0, shape - size))
+
+
 def _crop_or_pad(
     array: npt.NDArray[np.generic], start: npt.NDArray[np.int64], size: tuple[int, int, int], fill: float
 ) -> npt.NDArray[np.generic]:
@@ -252,7 +266,7 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
             centre = centre + rng.integers(-jitter, jitter + 1, size=3)
         else:
             centre = np.array([rng.integers(0, max(n, 1)) for n in shape])
-        start = centre - np.asarray(size) // 2
+        start = _inside(centre - np.asarray(size) // 2, shape, np.asarray(size))
         item: dict[str, npt.NDArray[np.generic]] = {"image": _crop_or_pad(sample.image[None], start, size, self.fill)}
         if self.heart_conditioning != "none" and sample.heart is not None:
             item["heart"] = _crop_or_pad(sample.heart[None], start, size, 0)

@@ -54,6 +54,33 @@ def test_patches_are_padded_with_air_and_oversample_foreground() -> None:
     assert hits == len(ds)  # every patch centred near the labelled voxel contains it
 
 
+@pytest.mark.parametrize("foreground_fraction", [0.0, 1.0])
+def test_patches_of_a_larger_volume_lie_inside_it_as_inference_windows_do(foreground_fraction: float) -> None:
+    # sliding-window inference never pads a volume larger than its window, so training never shows the
+    # model padding such a volume lacks: a patch near the border (or around a landmark at the border) moves in
+    sample = _sample((40, 36, 34))
+    sample.image[:] = air_value(PRE) + 1.0  # no air inside: any air voxel in a patch is padding
+    sample.targets["landmarks"][:] = 0
+    sample.targets["landmarks"][1, 34, 0] = 2  # a landmark at a corner of the volume
+    sample.foreground = foreground_voxels(sample.targets)
+    cfg = TrainConfig(
+        tasks=("landmarks",),
+        steps=60,
+        batch_size=1,
+        patch_size=(32, 16, 16),
+        augment=False,
+        foreground_fraction=foreground_fraction,
+    )
+    ds = PatchDataset([sample], cfg, cfg.tasks)
+    landmark_seen = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        assert float(item["image"].min()) > air_value(PRE), f"patch {i} holds padding"
+        landmark_seen += int((item["target_landmarks"] == 2).any())
+    if foreground_fraction == 1.0:
+        assert landmark_seen == len(ds)  # moved in, the patch still holds the landmark it was drawn for
+
+
 def test_patches_are_deterministic_by_seed_and_index() -> None:
     cfg = TrainConfig(tasks=("landmarks",), steps=4, batch_size=1, patch_size=(16, 16, 16))
     a, b = PatchDataset([_sample()], cfg, cfg.tasks), PatchDataset([_sample()], cfg, cfg.tasks)
