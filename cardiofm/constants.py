@@ -36,6 +36,10 @@ HEART_LABELS: Final[dict[str, int]] = {
     "pulmonary_artery": 7,
 }
 
+#: Target value no hard loss reads: where a teacher's pseudo-label is not confident enough to say either
+#: "landmark" or "background" (the soft term still applies there).
+IGNORE_LABEL: Final[int] = 255
+
 #: Hounsfield units of reference materials.
 HU_AIR: Final[float] = -1000.0
 HU_WATER: Final[float] = 0.0

@@ -11,11 +11,15 @@ from cardiofm.contracts.preprocessing import PreprocessingConfig
 
 
 class EncodingConfig(BaseModel):
-    """How landmarks become training targets (spheres of ``radius_mm``, as in the paper, or Gaussians)."""
+    """How landmarks become training targets: spheres of ``radius_mm``, as in the paper.
+
+    The heads are trained as segmentations (CE + Dice), so only sphere label maps are training targets;
+    Gaussian heatmaps are encoded and decoded by :mod:`cardiofm.labels.encoding` but no loss reads them.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["sphere", "gaussian"] = "sphere"
+    kind: Literal["sphere"] = "sphere"
     radius_mm: float = Field(default=4.0, gt=0.0)
 
 

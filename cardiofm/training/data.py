@@ -25,7 +25,7 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
-from cardiofm.constants import MASK_TASKS, TASK_LANDMARKS
+from cardiofm.constants import IGNORE_LABEL, MASK_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.dataset import DatasetManifest, ManifestCase
 from cardiofm.contracts.preprocessing import PreprocessingConfig
 from cardiofm.errors import InputDataError
@@ -154,8 +154,8 @@ def build_targets(
 
 
 def foreground_voxels(targets: dict[str, U8]) -> npt.NDArray[np.int64]:
-    """Indices of labelled voxels of every target (subsampled to at most 2000)."""
-    parts = [np.argwhere(t > 0) for t in targets.values()]
+    """Indices of labelled voxels of every target, ignored ones not counted (subsampled to at most 2000)."""
+    parts = [np.argwhere((t > 0) & (t != IGNORE_LABEL)) for t in targets.values()]
     fg = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
     if len(fg) > 2000:
         fg = fg[np.linspace(0, len(fg) - 1, 2000).astype(np.int64)]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cardiofm.constants import IGNORE_LABEL
 from cardiofm.errors import ConfigError, InputDataError, LabelError
 
 logger = logging.getLogger(__name__)
@@ -50,24 +51,31 @@ def downsample_labels(target: Tensor, size: Sequence[int], mode: TargetDownsampl
     factors = [s // o for s, o in zip(target.shape[2:], size, strict=True)]
     if any(f * o != s for f, o, s in zip(factors, size, target.shape[2:], strict=True)):
         raise InputDataError(f"cannot pool labels {tuple(target.shape[2:])} → {tuple(size)} by an integer factor")
-    n_classes = int(target.max()) + 1
-    onehot = F.one_hot(target[:, 0].long(), n_classes).permute(0, 4, 1, 2, 3).float()
+    ignored = target == IGNORE_LABEL
+    labels = torch.where(ignored, torch.zeros_like(target), target)
+    n_classes = int(labels.max()) + 1
+    onehot = F.one_hot(labels[:, 0].long(), n_classes).permute(0, 4, 1, 2, 3).float()
     counts = F.avg_pool3d(onehot, kernel_size=factors, stride=factors)
+    any_fg = counts[:, 1:].sum(dim=1, keepdim=True) > 0
     if n_classes > 1:
-        any_fg = counts[:, 1:].sum(dim=1, keepdim=True) > 0
         counts[:, :1] = torch.where(any_fg, torch.full_like(counts[:, :1], -1.0), counts[:, :1])
-    return counts.argmax(dim=1, keepdim=True)
+    pooled = counts.argmax(dim=1, keepdim=True)
+    # a window with ignored voxels and no foreground is ignored: it is not known to be background
+    any_ignored = F.max_pool3d(ignored.float(), kernel_size=factors, stride=factors) > 0
+    return torch.where(any_ignored & ~any_fg, torch.full_like(pooled, IGNORE_LABEL), pooled)
 
 
 def dice_ce(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
     """Cross-entropy + soft Dice (softmax, background excluded, batch Dice) of one output.
+
+    Voxels labelled :data:`~cardiofm.constants.IGNORE_LABEL` take part in neither term.
 
     Parameters
     ----------
     logits
         (N, C, X, Y, Z) float.
     target
-        (N, 1, X, Y, Z) integer labels in 0..C-1.
+        (N, 1, X, Y, Z) integer labels in 0..C-1, or ``IGNORE_LABEL``.
     smooth
         Added to numerator and denominator of each class's Dice (an absent class predicted absent → loss 0).
 
@@ -78,12 +86,17 @@ def dice_ce(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
     """
     logits = logits.float()
     labels = target[:, 0].long()
-    ce = F.cross_entropy(logits, labels)
+    valid = labels != IGNORE_LABEL
+    if not bool(valid.any()):
+        return logits.sum() * 0.0  # nothing known in this output: no loss, still differentiable
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL)
     n_classes = logits.shape[1]
     if n_classes < 2:
         return ce
-    probs = torch.softmax(logits, dim=1)[:, 1:]
-    onehot = F.one_hot(labels, n_classes).permute(0, 4, 1, 2, 3)[:, 1:].to(probs.dtype)
+    keep = valid[:, None].to(logits.dtype)
+    probs = torch.softmax(logits, dim=1)[:, 1:] * keep
+    known = torch.where(valid, labels, torch.zeros_like(labels))
+    onehot = F.one_hot(known, n_classes).permute(0, 4, 1, 2, 3)[:, 1:].to(probs.dtype) * keep
     dims = (0, 2, 3, 4)  # batch Dice: sum over items and voxels per class
     intersection = (probs * onehot).sum(dims)
     denominator = probs.sum(dims) + onehot.sum(dims)
@@ -187,9 +200,10 @@ class MaskedMultiHeadLoss(nn.Module):
             raise InputDataError(f"target {task!r} must hold integer labels, got {labels.dtype}")
         labels = labels.long()
         n_classes = preds[0].shape[1]
-        if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+        known = labels[labels != IGNORE_LABEL]
+        if known.numel() and (int(known.min()) < 0 or int(known.max()) >= n_classes):
             raise LabelError(
-                f"target {task!r} holds labels {int(labels.min())}..{int(labels.max())}; head has {n_classes} classes"
+                f"target {task!r} holds labels {int(known.min())}..{int(known.max())}; head has {n_classes} classes"
             )
         weights = deep_supervision_weights(len(preds))
         loss: Tensor | None = None

@@ -12,11 +12,14 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from cardiofm.constants import TASK_LANDMARKS
+from cardiofm.constants import IGNORE_LABEL, TASK_LANDMARKS
 from cardiofm.contracts.dataset import ManifestCase
+from cardiofm.imaging.geometry import as_point
 from cardiofm.labels.encoding import encode_landmarks
 from cardiofm.training.checkpoint import load_checkpoint
 from cardiofm.training.config import TrainConfig
@@ -25,6 +28,9 @@ from cardiofm.training.inference import predict_dataset_case
 from cardiofm.training.trainer import resolve_device
 
 logger = logging.getLogger(__name__)
+
+#: Teacher probability from which a voxel may belong to an unsure landmark (its hard target is ignored there).
+UNSURE_PROBABILITY = 0.1
 
 
 def pseudolabel_dataset(
@@ -63,8 +69,13 @@ def pseudolabel_dataset(
 def attach_pseudolabels(sample: Sample, case: ManifestCase, pseudo_dir: Path, cfg: TrainConfig) -> Sample:
     """Add teacher targets to a sample for each trained task the case has no real label for.
 
-    Soft probabilities always join (for the distillation term); a hard target is re-encoded from
-    the decoded landmarks only when every point reaches ``cfg.min_confidence`` (masks: argmax).
+    Soft probabilities always join (for the distillation term). The hard landmark target is re-encoded
+    from the decoded points that reach ``cfg.min_confidence``. A less certain point is taught only where
+    the teacher's argmax gives it, the rest of its sphere being :data:`~cardiofm.constants.IGNORE_LABEL`
+    (neither landmark nor background for the hard loss; the soft term still applies); a landmark the
+    teacher did not find is ignored wherever the teacher gives it at least ``UNSURE_PROBABILITY``. So one
+    uncertain point no longer costs the case the hard targets of its other landmarks. Masks: the
+    teacher's argmax.
     """
     for task in cfg.tasks:
         npz = pseudo_dir / task / f"{case.case_id}.npz"
@@ -80,13 +91,30 @@ def attach_pseudolabels(sample: Sample, case: ManifestCase, pseudo_dir: Path, cf
             continue
         info = json.loads(npz.with_suffix(".json").read_text())
         if task in TASK_LANDMARKS:
-            points = info.get("points", {})
-            names = TASK_LANDMARKS[task]
-            if all(n in points and points[n]["confidence"] >= cfg.min_confidence for n in names):
-                xyz = {n: tuple(points[n]["lps_mm"]) for n in names}
-                sample.targets[task] = np.asarray(
-                    encode_landmarks(xyz, names, sample.grid, landmark_encoding(cfg.encoding)), dtype=np.uint8
-                )
+            sample.targets[task] = _landmark_target(info.get("points", {}), probs, TASK_LANDMARKS[task], sample, cfg)
         else:
             sample.targets[task] = (np.argmax(probs, axis=0) > 0).astype(np.uint8)
     return sample
+
+
+def _landmark_target(
+    points: dict[str, Any], probs: F32, names: tuple[str, ...], sample: Sample, cfg: TrainConfig
+) -> npt.NDArray[np.uint8]:
+    """Spheres at the confident points; the unsure landmarks' regions ignored (see :func:`attach_pseudolabels`)."""
+    xyz = {n: as_point(points[n]["lps_mm"]) for n in names if n in points}
+    spheres = np.asarray(encode_landmarks(xyz, names, sample.grid, landmark_encoding(cfg.encoding)), dtype=np.uint8)
+    sure = [n for n in xyz if float(points[n]["confidence"]) >= cfg.min_confidence]
+    target = np.where(np.isin(spheres, [names.index(n) + 1 for n in sure]), spheres, 0).astype(np.uint8)
+    unsure = [n for n in names if n not in sure]
+    teacher = np.argmax(probs, axis=0)
+    for name in unsure:
+        label = names.index(name) + 1
+        if name in xyz:  # taught as far as the teacher segmented it, the rest of its sphere left open
+            sphere = spheres == label
+            target[sphere] = IGNORE_LABEL
+            target[sphere & (teacher == label)] = label
+        else:  # not found: open wherever the teacher gives it some probability
+            target[probs[label] >= UNSURE_PROBABILITY] = IGNORE_LABEL
+    if unsure:
+        logger.debug("case %s: %d unsure landmark(s) ignored in the hard target", sample.case_id, len(unsure))
+    return target

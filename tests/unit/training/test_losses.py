@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from cardiofm.constants import IGNORE_LABEL
 from cardiofm.errors import ConfigError, LabelError
 from cardiofm.training.losses import (
     MaskedMultiHeadLoss,
@@ -145,6 +146,40 @@ def test_foreground_downsampling_keeps_small_landmarks() -> None:
     assert pooled.shape == (1, 1, 4, 4, 4)
     assert int(pooled[0, 0, 1, 1, 1]) == 3
     assert int((pooled > 0).sum()) == 1
+
+
+def test_ignored_voxels_take_no_part_in_the_hard_loss() -> None:
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 6, 8, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 6, (2, 1, 8, 8, 8), generator=g)
+    target[:, :, :3] = IGNORE_LABEL  # an unsure teacher region
+    loss = dice_ce(logits, target)
+    loss.backward()
+    assert logits.grad is not None
+    assert bool((logits.grad[:, :, :3] == 0).all())  # nothing is taught there, neither landmark nor background
+    assert bool((logits.grad[:, :, 3:] != 0).any())
+    changed = logits.detach().clone()
+    changed[:, :, :3] = torch.randn(2, 6, 3, 8, 8, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(dice_ce(changed, target), loss.detach())  # whatever is predicted there
+
+    everything = torch.full_like(target, IGNORE_LABEL)
+    nothing_known = dice_ce(logits, everything)
+    assert float(nothing_known.detach()) == 0.0
+    total, _ = MaskedMultiHeadLoss()(  # the label check lets the ignore value through, and only it
+        {"landmarks": [logits]}, {"landmarks": target}, {"landmarks": torch.tensor([True, True])}
+    )
+    assert math.isfinite(float(total.detach()))
+
+
+def test_foreground_downsampling_keeps_ignored_windows_ignored() -> None:
+    target = torch.zeros(1, 1, 8, 8, 8, dtype=torch.int64)
+    target[0, 0, :4, :4, :4] = IGNORE_LABEL  # a whole window unsure
+    target[0, 0, 4:, :4, :4] = IGNORE_LABEL  # unsure, but a landmark voxel in the same window
+    target[0, 0, 5, 1, 1] = 2
+    pooled = downsample_labels(target, (2, 2, 2), "foreground")
+    assert int(pooled[0, 0, 0, 0, 0]) == IGNORE_LABEL
+    assert int(pooled[0, 0, 1, 0, 0]) == 2
+    assert int((pooled == 0).sum()) == 6  # the other windows: background
 
 
 def test_out_of_range_label_is_a_label_error() -> None:
