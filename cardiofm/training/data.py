@@ -2,7 +2,7 @@
 
 A case is loaded, resampled to the training spacing when the dataset's differs, clipped and
 standardised with the one :class:`PreprocessingConfig`, and its labels are turned into per-task
-targets (landmark spheres or Gaussians, calcification / coronary masks) — once, then kept in memory.
+targets (landmark spheres, calcification / coronary masks) — once, then kept in memory.
 For a heart-conditioned model the case's heart label map (``heart.nii.gz``, written by the crop-heart
 step) is brought onto the same grid, nearest neighbour. Patches are drawn per step with a seeded
 generator: centred on a labelled structure with probability ``foreground_fraction``, else uniformly;
