@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
 
 
 def normalise_hu(hu: npt.NDArray[np.floating], pre: PreprocessingConfig) -> F32:
@@ -178,9 +179,6 @@ def load_sample(
     return Sample(case.case_id, image, grid, targets, {}, foreground_voxels(targets), heart)
 
 
-I64 = npt.NDArray[np.int64]
-
-
 def _inside(start: I64, shape: I64, size: I64) -> I64:
     """``start`` moved so that the patch lies inside the volume on every axis the volume covers.
 
@@ -191,7 +189,7 @@ def _inside(start: I64, shape: I64, size: I64) -> I64:
 
 
 def _crop_or_pad(
-    array: npt.NDArray[np.generic], start: npt.NDArray[np.int64], size: tuple[int, int, int], fill: float
+    array: npt.NDArray[np.generic], start: I64, size: tuple[int, int, int], fill: float
 ) -> npt.NDArray[np.generic]:
     """A ``size`` window of ``array`` (last three axes) starting at ``start``; outside is ``fill``."""
     spatial = np.asarray(array.shape[-3:])

@@ -29,7 +29,7 @@ from cardiofm.training.trainer import resolve_device
 
 logger = logging.getLogger(__name__)
 
-#: Teacher probability from which a voxel may belong to an unsure landmark (its hard target is ignored there).
+#: Teacher probability from which a voxel may belong to a landmark the teacher did not find (ignored there).
 UNSURE_PROBABILITY = 0.1
 
 
@@ -116,5 +116,5 @@ def _landmark_target(
         else:  # not found: open wherever the teacher gives it some probability
             target[probs[label] >= UNSURE_PROBABILITY] = IGNORE_LABEL
     if unsure:
-        logger.debug("case %s: %d unsure landmark(s) ignored in the hard target", sample.case_id, len(unsure))
+        logger.debug("case %s: %d unsure landmark(s) left partly open in the hard target", sample.case_id, len(unsure))
     return target
