@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -30,10 +31,20 @@ def prepare(
         None, "--dicomweb-url", help="Read studies from a DICOMweb PACS (QIDO-RS/WADO-RS) instead of the site folder."
     ),
     dimse: str | None = typer.Option(
-        None, "--dimse", help="Read studies from a DIMSE PACS at HOST:PORT (C-FIND/C-GET)."
+        None, "--dimse", help="Read studies from a DIMSE PACS at HOST:PORT (C-FIND, then C-GET or C-MOVE)."
     ),
+    dimse_mode: str = typer.Option("c-get", "--dimse-mode", help="c-get, or c-move (the PACS connects back)."),
     called_ae: str = typer.Option("ORTHANC", "--called-ae", help="AE title of the DIMSE PACS."),
     calling_ae: str = typer.Option("CARDIOFM", "--calling-ae", help="Our AE title (must be registered at the PACS)."),
+    move_ae: str | None = typer.Option(
+        None, "--move-ae", help="C-MOVE destination AE title, as registered at the PACS (default: --calling-ae)."
+    ),
+    move_port: int | None = typer.Option(
+        None, "--move-port", help="C-MOVE: local port the PACS sends the instances to (required for c-move)."
+    ),
+    listen_address: str = typer.Option(
+        "0.0.0.0", "--listen-address", help="C-MOVE: local address to receive on (the PACS must reach it)."
+    ),
     pacs_user: str | None = typer.Option(None, "--pacs-user", help="DICOMweb user name."),
     pacs_password_env: str = typer.Option(
         "CARDIOFM_PACS_PASSWORD", "--pacs-password-env", help="Environment variable holding the DICOMweb password."
@@ -53,7 +64,16 @@ def prepare(
         spacing_mm=spacing_mm,
         segmenter_python=str(segmenter_python) if segmenter_python else None,
     )
+    source = _source(
+        dicomweb_url,
+        dimse,
+        _DimseOptions(dimse_mode, called_ae, calling_ae, move_ae, move_port, listen_address),
+        pacs_user,
+        pacs_password_env,
+    )
     err = Console(stderr=True)
+    if source is not None:
+        err.print(f"reading the studies from the PACS at {source.where}")
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("preparing", total=None)
         result = prepare_site(
@@ -64,6 +84,7 @@ def prepare(
             split_seed=split_seed,
             test_fraction=test_fraction,
             on_case=lambda step, _case: bar.update(task, description=step, advance=1),
+            source=source,
         )
     table = Table(title=f"prepare {site_dir.name}: {result.studies_in} studies in")
     for col in ("step", "in", "done", "quarantined", "seconds"):
@@ -82,11 +103,20 @@ def prepare(
     console.print(f"dataset: {out / 'manifest.json'}; reports: selection.json, quarantine.json")
 
 
+@dataclass(frozen=True)
+class _DimseOptions:
+    mode: str
+    called_ae: str
+    calling_ae: str
+    move_ae: str | None
+    move_port: int | None
+    listen_address: str
+
+
 def _source(
     dicomweb_url: str | None,
     dimse: str | None,
-    called_ae: str,
-    calling_ae: str,
+    opts: _DimseOptions,
     user: str | None,
     password_env: str,
 ) -> PacsSource | None:
@@ -99,10 +129,36 @@ def _source(
     if dicomweb_url and dimse:
         raise ConfigError("give either --dicomweb-url or --dimse, not both")
     if dicomweb_url:
-        return DicomWebSource(dicomweb_url, username=user, password=os.environ.get(password_env) if user else None)
+        password = os.environ.get(password_env) if user else None
+        if user and password is None:
+            raise ConfigError(
+                f"--pacs-user is set but the environment variable {password_env} (the password) is not; "
+                "export it, or name another variable with --pacs-password-env"
+            )
+        return DicomWebSource(dicomweb_url, username=user, password=password)
+    if user:
+        raise ConfigError("--pacs-user applies to --dicomweb-url only")
     if dimse:
         host, _, port = dimse.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"--dimse {dimse!r} must be HOST:PORT, e.g. pacs.hospital.local:11112")
-        return DimseSource(host, int(port), called_ae, calling_ae=calling_ae, mode="c-get")
+        if opts.mode not in ("c-get", "c-move"):
+            raise ConfigError(f"--dimse-mode {opts.mode!r} must be c-get or c-move")
+        if opts.mode == "c-move" and opts.move_port is None:
+            raise ConfigError(
+                "--dimse-mode c-move needs --move-port: the local port the PACS sends the instances to "
+                "(register --move-ae with this host and port at the PACS)"
+            )
+        return DimseSource(
+            host,
+            int(port),
+            opts.called_ae,
+            calling_ae=opts.calling_ae,
+            mode="c-get" if opts.mode == "c-get" else "c-move",
+            move_destination_ae=opts.move_ae,
+            local_port=opts.move_port,
+            local_address=opts.listen_address,
+        )
+    if opts.move_port is not None or opts.move_ae is not None:
+        raise ConfigError("--move-ae and --move-port apply to --dimse --dimse-mode c-move only")
     return None

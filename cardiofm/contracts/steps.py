@@ -87,6 +87,8 @@ class SelectSeriesParams(StepParams):
     #: The site's ``site.yaml`` (its preferred cardiac phase fills in ``rules``); optional.
     site_config: str | None = None
     rules: SeriesRules = SeriesRules()
+    #: The site's secret for hashing annotation match keys; None: ``.cardiofm/match.key`` beside ``site_config``.
+    match_key_file: str | None = None
 
 
 class ConvertParams(StepParams):
@@ -118,6 +120,8 @@ class ImportLabelsParams(StepParams):
     site_config: str
     #: Folder the annotation paths are relative to; None: the folder of ``site_config``.
     site_dir: str | None = None
+    #: The site's secret for hashing annotation match keys (as select-series); None: beside ``site_config``.
+    match_key_file: str | None = None
 
 
 class BuildDatasetParams(StepParams):

@@ -1,7 +1,8 @@
 """What each data-preparation step does to one case: ``(in_dir, out_dir, params) -> notes``.
 
 The chain is select-series → convert → crop-heart → import-labels; ``study.json`` (site-local:
-the study and series UIDs and the keys that name the study in annotation files) travels along.
+the study and series UIDs and the keyed hashes of the attributes that name the study in annotation
+files, see :mod:`cardiofm.pipeline.match_keys`; never a patient id) travels along.
 Each function reads only its input folder (and, for labels, the site's annotation folder) and
 writes only its output folder; failures raise a :class:`~cardiofm.errors.CardioFMError`.
 """
@@ -30,12 +31,15 @@ from cardiofm.imaging.crop import crop_heart
 from cardiofm.imaging.geometry import Grid
 from cardiofm.imaging.heart_fallback import segment_heart_fallback
 from cardiofm.imaging.nifti import load_nifti, save_nifti
+from cardiofm.pipeline.match_keys import key_file_for, load_or_create_secret, match_hash
 
 logger = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
 #: DICOM attributes that may name a study in a site's annotation files (site-local only).
 MATCH_KEYS = ("PatientID", "AccessionNumber")
+#: Field of ``study.json`` holding the keyed hashes of :data:`MATCH_KEYS`.
+MATCH_FIELD = "match_hmac"
 
 
 def load_site_config(path: Path) -> SiteConfig:
@@ -84,11 +88,16 @@ def select_case(in_dir: Path, out_dir: Path, params: SelectSeriesParams) -> list
     chosen = next(s for s in study.series if s.series_uid == selection.chosen_series_uid)
     for n, f in enumerate(chosen.files):
         _link(f, out_dir / "series" / f"{n:05d}.dcm")
-    header = pydicom.dcmread(chosen.files[0], stop_before_pixels=True, specific_tags=list(MATCH_KEYS))
-    match = {k: str(header.get(k, "") or "") for k in MATCH_KEYS}
-    record = {"study_uid": study.study_uid, "series_uid": chosen.series_uid, "match": match}
-    (out_dir / STUDY_FILE).write_text(json.dumps(record, indent=2))
+    record: dict[str, object] = {"study_uid": study.study_uid, "series_uid": chosen.series_uid}
     notes = [f"chose series {selection.chosen_series_uid[-12:]} of {len(study.series)}"]
+    key_file = key_file_for(params.site_config, params.match_key_file)
+    if key_file is not None:  # the ids stay in memory; only their keyed hashes are written
+        secret = load_or_create_secret(key_file)
+        header = pydicom.dcmread(chosen.files[0], stop_before_pixels=True, specific_tags=list(MATCH_KEYS))
+        record[MATCH_FIELD] = {k: match_hash(secret, str(header.get(k, "") or "")) for k in MATCH_KEYS}
+    else:
+        notes.append("no site config: annotations cannot be matched to this study")
+    (out_dir / STUDY_FILE).write_text(json.dumps(record, indent=2))
     notes += [f"{len(index.problems)} unreadable file(s) ignored"] if index.problems else []
     return notes
 

@@ -1,17 +1,15 @@
 """``build-dataset``: collect prepared cases into a site dataset (``manifest.json`` + ``cases/``).
 
-The train/test split is seeded and frozen: a case keeps the split it was given when it first
-entered the manifest, and a new case's split depends only on the seed and its id, so adding cases
-never reshuffles earlier ones.
+The train/test split is exact, stratified per task, seeded and frozen (see :mod:`cardiofm.pipeline.split`):
+a case keeps the split it was given when it first entered the manifest, so adding cases never
+reshuffles earlier ones.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Literal
 
 from cardiofm import __version__
 from cardiofm.constants import MASK_TASKS, TASK_LANDMARKS
@@ -22,14 +20,9 @@ from cardiofm.imaging.nifti import read_grid
 from cardiofm.labels.formats import read_landmarks_json
 from cardiofm.pipeline.case_steps import STUDY_FILE
 from cardiofm.pipeline.runner import StepSummary, read_case_record, run_batch
+from cardiofm.pipeline.split import Split, assign_splits
 
 MANIFEST = "manifest.json"
-
-
-def split_of(case_id: str, seed: int, test_fraction: float) -> Literal["train", "test"]:
-    """Deterministic split from a hash of (seed, case id)."""
-    h = int(hashlib.sha256(f"{seed}:{case_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_fraction else "train"
 
 
 def _tasks(landmarks: list[str], masks: list[str]) -> list[str]:
@@ -70,7 +63,7 @@ def _copy_case(in_dir: Path, dest: Path, record: CaseRecord) -> ManifestCase:
 def build_dataset(ctx: KaapanaContext, params: BuildDatasetParams) -> tuple[StepSummary, DatasetManifest]:
     """Copy every case of the batch into ``params.dataset_dir`` and write the manifest."""
     root = Path(params.dataset_dir)
-    previous: dict[str, str] = {}
+    previous: dict[str, Split] = {}
     if (root / MANIFEST).is_file():
         old = DatasetManifest.model_validate_json((root / MANIFEST).read_text())
         previous = {c.case_id: c.split for c in old.cases}
@@ -80,18 +73,23 @@ def build_dataset(ctx: KaapanaContext, params: BuildDatasetParams) -> tuple[Step
         case_dir = in_dir.parent
         record = read_case_record(case_dir)
         entry = _copy_case(in_dir, root / "cases" / case_dir.name, record)
-        split = previous.get(entry.case_id) or split_of(entry.case_id, p.split_seed, p.test_fraction)
-        entries[entry.case_id] = entry.model_copy(update={"split": split})
+        entries[entry.case_id] = entry
         (out_dir / "done").write_text(entry.case_id)
-        return [f"{split} case with tasks {entry.tasks or 'none'}"]
+        return [f"case with tasks {entry.tasks or 'none'}"]
 
     summary = run_batch(ctx, params, work)
+    splits = assign_splits(
+        {c: e.tasks for c, e in entries.items()},
+        seed=params.split_seed,
+        test_fraction=params.test_fraction,
+        frozen=previous,
+    )
     manifest = DatasetManifest(
         site_id=params.site_id,
         created_with=f"cardiofm {__version__}",
         split_seed=params.split_seed,
         test_fraction=params.test_fraction,
-        cases=[entries[k] for k in sorted(entries)],
+        cases=[entries[k].model_copy(update={"split": splits[k]}) for k in sorted(entries)],
     )
     root.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST).write_text(manifest.model_dump_json(indent=2))

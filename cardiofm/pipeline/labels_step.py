@@ -40,7 +40,8 @@ from cardiofm.labels.formats import (
 from cardiofm.labels.labelmap import LabelMap
 from cardiofm.labels.qa import check_landmark_geometry
 from cardiofm.labels.seg import read_seg_mask
-from cardiofm.pipeline.case_steps import STUDY_FILE, load_site_config
+from cardiofm.pipeline.case_steps import MATCH_FIELD, STUDY_FILE, load_site_config
+from cardiofm.pipeline.match_keys import find_file, find_row, key_file_for, load_or_create_secret, redact
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +50,20 @@ CARRIED = ("image.nii.gz", "heart.nii.gz", "crop.json", STUDY_FILE)
 
 
 def _match_key(site: SiteConfig, study: dict[str, object]) -> str:
-    match = study.get("match", {})
+    """The keyed hash of the study attribute the site names its annotation files by."""
+    match = study.get(MATCH_FIELD)
+    if match is None:
+        raise InputDataError("select-series recorded no match keys (it ran without the site's site.yaml)")
     key = str(match.get(site.annotations.match_by, "")) if isinstance(match, dict) else ""
     if not key:
         raise InputDataError(f"the study has no {site.annotations.match_by}; the site matches annotations by it")
-    if "/" in key or "\\" in key or key in (".", "..") or "\x00" in key:
-        raise InputDataError(
-            f"the study's {site.annotations.match_by} cannot name an annotation file (it contains a path separator)"
-        )
     return key
 
 
-def _raw_points(spec: LandmarkAnnotations, site_dir: Path, key: str) -> list[RawPoint] | None:
-    """The study's raw annotation points, or None when the site has none for it."""
+def _raw_points(
+    spec: LandmarkAnnotations, site_dir: Path, hashed: str, secret: bytes, keys: set[str]
+) -> list[RawPoint] | None:
+    """The study's raw annotation points, or None when the site has none for it; adds its raw key to ``keys``."""
     if spec.format == "csv":
         table = site_dir / spec.path
         if not table.is_file():
@@ -69,10 +71,16 @@ def _raw_points(spec: LandmarkAnnotations, site_dir: Path, key: str) -> list[Raw
         if spec.csv is None:
             raise InputDataError("the site's CSV landmark source has no csv layout in site.yaml")
         rows = read_csv(table, spec.csv)
-        return rows.get(key)
-    path = site_dir / spec.path / spec.file_pattern.format(key=key)
-    if not path.is_file():
+        key = find_row(list(rows), hashed, secret)
+        if key is None:
+            return None
+        keys.add(key)
+        return rows[key]
+    found = find_file(site_dir / spec.path, spec.file_pattern, hashed, secret)
+    if found is None:
         return None
+    path, key = found
+    keys.add(key)
     return read_mps(path) if spec.format == "mps" else read_mrk_json(path)
 
 
@@ -122,6 +130,8 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
     """Import the case's landmarks and masks (calcification, coronaries) onto the crop grid."""
     site = load_site_config(Path(params.site_config))
     site_dir = Path(params.site_dir) if params.site_dir else Path(params.site_config).parent
+    key_file = key_file_for(params.site_config, params.match_key_file)
+    secret = load_or_create_secret(key_file) if key_file is not None else b""
     study = json.loads((in_dir / STUDY_FILE).read_text())
     crop_grid = read_grid(in_dir / "image.nii.gz")
     for name in CARRIED:
@@ -131,6 +141,7 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
     labels.mkdir()
     problems: list[str] = []
     notes: list[str] = []
+    raw_keys: set[str] = set()  # in memory only: redacted from every message written
     try:
         key: str | None = _match_key(site, study)
     except InputDataError as exc:  # the image is still usable, as an unlabelled case
@@ -138,7 +149,7 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
     spec = site.annotations.landmarks
     if spec is not None and key is not None:
         try:
-            raw = _raw_points(spec, site_dir, key)
+            raw = _raw_points(spec, site_dir, key, secret, raw_keys)
         except CardioFMError as exc:
             raw, problems = None, [f"landmark file unusable: {exc}"]
         if raw is not None:
@@ -154,14 +165,17 @@ def import_labels_case(in_dir: Path, out_dir: Path, params: ImportLabelsParams) 
         mask_spec = site.annotations.mask_spec(task)
         if mask_spec is None or key is None:
             continue
-        path = site_dir / mask_spec.path / mask_spec.file_pattern.format(key=key)
-        if not path.is_file():
+        found = find_file(site_dir / mask_spec.path, mask_spec.file_pattern, key, secret)
+        if found is None:
             continue
+        path, raw_key = found
+        raw_keys.add(raw_key)
         try:
             voxels = _import_mask(mask_spec, path, crop_grid, labels / f"{task}.nii.gz")
             notes.append(f"{task} mask imported ({voxels} voxels on the crop)")
         except CardioFMError as exc:
             problems.append(f"{task} mask unusable: {exc}")
+    problems = [redact(p, raw_keys, site.annotations.match_by) for p in problems]
     if problems:
         (labels / "problems.json").write_text(json.dumps(problems, indent=2))
         logger.warning("import-labels: %d annotation problem(s) in case %s", len(problems), in_dir.parent.name)

@@ -6,6 +6,10 @@ select-series, convert, crop-heart, import-labels, build-dataset — run over th
 Results: ``OUT/manifest.json`` and ``OUT/cases/`` (the dataset), ``OUT/selection.json`` (per study:
 the chosen series or none, and every rejected series with its reasons) and ``OUT/quarantine.json``
 (every study or file that did not make it, with its reason). Always: in = prepared + quarantined.
+
+No patient identifier is left in ``OUT``: studies pulled from a PACS are staged in
+``OUT/work/pacs-mirror`` and removed with the links to DICOM files (whose paths may name patients)
+once the chain has run; ``study.json`` carries keyed hashes only (:mod:`cardiofm.pipeline.match_keys`).
 """
 
 from __future__ import annotations
@@ -100,16 +104,17 @@ def prepare_site(
 ) -> PrepareResult:
     """Prepare one site's dataset from its PACS and annotations (see module docstring).
 
-    ``source`` (DICOMweb or DIMSE) is mirrored into ``OUT/pacs-mirror`` first; without it the
+    ``source`` (DICOMweb or DIMSE) is mirrored into ``OUT/work/pacs-mirror`` first (and removed after); without it the
     site's local PACS folder (``pacs.path`` in ``site.yaml``) is read.
     """
     config_path = config or site_dir / "site.yaml"
     site = load_site_config(config_path)
+    work = out / "work"
+    if work.exists():
+        shutil.rmtree(work)
     retrieval_failed: list[dict[str, str]] = []
     if source is not None:
-        mirror = out / "pacs-mirror"
-        if mirror.exists():
-            shutil.rmtree(mirror)
+        mirror = work / "pacs-mirror"
         mirrored = mirror_all(source, mirror)
         retrieval_failed = [
             {
@@ -122,13 +127,14 @@ def prepare_site(
             for f in mirrored.failed
         ]
         pacs_root = mirror
+        mirror.mkdir(parents=True, exist_ok=True)
     else:
         pacs_root = site_dir / site.pacs.path
     if not pacs_root.is_dir():
-        raise ConfigError(f"PACS folder '{site.pacs.path}' not found in the site folder; check pacs.path in site.yaml")
-    work = out / "work"
-    if work.exists():
-        shutil.rmtree(work)
+        raise ConfigError(
+            f"PACS folder '{site.pacs.path}' not found in the site folder; check pacs.path in site.yaml, "
+            "or read the studies from the PACS with --dicomweb-url or --dimse"
+        )
     batch = work / "batch"
     batch.mkdir(parents=True)
     cases, bad_files = _stage_batch(pacs_root, batch, site.site_id)
@@ -158,11 +164,20 @@ def prepare_site(
         dataset_dir=str(out), site_id=site.site_id, split_seed=split_seed, test_fraction=test_fraction
     )
     summary, manifest = build_dataset(ctx, ds_params)
+    _drop_dicom(work, batch)
     result.steps.append(summary)
     result.prepared = len(manifest.cases)
     result.manifest = manifest
     _write_reports(out, batch, result)
     return result
+
+
+def _drop_dicom(work: Path, batch: Path) -> None:
+    """Remove the PACS mirror and the links to DICOM files (their paths may name patients) from the work folder."""
+    shutil.rmtree(work / "pacs-mirror", ignore_errors=True)
+    for case_dir in batch.iterdir():
+        for links in (case_dir / CHAIN_DIRS[0], case_dir / CHAIN_DIRS[1] / "series"):
+            shutil.rmtree(links, ignore_errors=True)
 
 
 def _per_step(on_case: Callable[[str, str], None] | None, step: str) -> Callable[[str], None] | None:

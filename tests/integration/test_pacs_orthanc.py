@@ -6,21 +6,16 @@ the test's AE titles registered; it holds a tiny two-site phantom federation (4 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
-import socket
-import subprocess
-import time
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
 import requests
+from orthanc_pacs import PASSWORD, USER, Pacs, free_port, running_orthanc
 
 from cardiofm.dicom.pacs import (
     DicomWebSource,
@@ -37,106 +32,17 @@ from cardiofm.phantoms.scanners import StudySize
 
 pytestmark = pytest.mark.integration
 
-USER, PASSWORD = "cardiofm", "test-secret"
-PLUGIN_CANDIDATES = (
-    Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
-    Path("/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"),
-)
-MAKE_DEPS = "run `make deps` (installs the Debian packages orthanc and orthanc-dicomweb)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Pacs:
-    http: str
-    dicom_port: int
-    move_port: int
-    #: study uid -> series uid -> {SOPInstanceUID: PixelData} of the uploaded originals
-    studies: dict[str, dict[str, dict[str, bytes]]]
-    #: patient names and ids, study and series UIDs: none may appear in cardiofm's logs
-    identifiers: set[str]
-
-    @property
-    def dicomweb(self) -> str:
-        return f"{self.http}/dicom-web"
-
-
-def _start(exe: str, config: Path, log: Path, http: str) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen([exe, str(config)], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"Orthanc exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if requests.get(f"{http}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                return proc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    pytest.fail(f"Orthanc did not answer /system within 20 s:\n{log.read_text(errors='replace')[-3000:]}")
-
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
-    exe = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
-    if exe is None:
-        pytest.fail(f"the Orthanc binary is not installed: {MAKE_DEPS}")
-    plugin = next((p for p in PLUGIN_CANDIDATES if p.is_file()), None)
-    if plugin is None:
-        pytest.fail(f"the Orthanc DICOMweb plugin is not installed: {MAKE_DEPS}")
     root = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port, move_port = _free_port(), _free_port(), _free_port()
-    config = {
-        "Name": "cardiofm-test",
-        "StorageDirectory": str(root / "db"),
-        "IndexDirectory": str(root / "db"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {USER: PASSWORD},
-        "Plugins": [str(plugin)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "DicomModalities": {
-            "cardiofm": ["CARDIOFM", "127.0.0.1", move_port],
-            "cfmstore": ["CFMSTORE", "127.0.0.1", move_port],
-        },
-        "SaveJobs": False,
-    }
-    (root / "orthanc.json").write_text(json.dumps(config))
-    http = f"http://127.0.0.1:{http_port}"
-    proc = _start(exe, root / "orthanc.json", root / "orthanc.log", http)
-    try:
+    with running_orthanc(root) as pacs:
         fed = root / "federation"
         generate_federation(
             fed, FederationSettings(sites=2, cases_per_site=2, size=StudySize.preset("tiny"), series_per_study=6)
         )
-        studies: dict[str, dict[str, dict[str, bytes]]] = defaultdict(lambda: defaultdict(dict))
-        identifiers: set[str] = set()
-        with requests.Session() as session:
-            session.auth = (USER, PASSWORD)
-            for path in sorted(fed.glob("site-*/pacs/**/*.dcm")):
-                session.post(f"{http}/instances", data=path.read_bytes(), timeout=10).raise_for_status()
-                ds = pydicom.dcmread(path)
-                studies[ds.StudyInstanceUID][ds.SeriesInstanceUID][ds.SOPInstanceUID] = ds.PixelData
-                identifiers |= {str(ds.PatientName), ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID}
-        yield Pacs(http, dicom_port, move_port, {k: dict(v) for k, v in studies.items()}, identifiers)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        pacs.upload(sorted(fed.glob("site-*/pacs/**/*.dcm")))
+        yield pacs
 
 
 def _web(pacs: Pacs, password: str = PASSWORD) -> DicomWebSource:
@@ -215,7 +121,7 @@ def test_wrong_password_mentions_credentials(orthanc: Pacs) -> None:
 
 
 def test_unreachable_port_names_host_and_port(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(ExternalToolError, match=f"127.0.0.1:{port}"):
         DicomWebSource(f"http://127.0.0.1:{port}/dicom-web", USER, PASSWORD, timeout_s=2).list_studies()
     with pytest.raises(ExternalToolError, match=rf"127.0.0.1:{port}.*registered"):

@@ -157,7 +157,7 @@ def read_mps(path: Path | str) -> list[RawPoint]:
             raise file_error(path, f"point #{number} has a non-integer id {pid!r}", _RESAVE) from None
         local = np.array([_number(path, _text(path, point, a, number), f"point #{number} {a}") for a in "xyz"])
         result.append((str(id_value), to_point3(matrix @ local + offset)))
-    logger.debug("read %d points from MITK point set %s", len(result), Path(path).name)
+    logger.debug("read %d points from a MITK point set", len(result))
     return result
 
 
@@ -209,5 +209,5 @@ def _geometry(path: Path | str, element: ET.Element | None) -> tuple[FloatArray,
     except KeyError as exc:
         raise file_error(path, f"has an incomplete <Geometry3D> (missing {exc.args[0]})", _RESAVE) from None
     if not np.allclose(matrix, np.eye(3)) or np.any(offset != 0):
-        logger.info("MITK point set %s has a non-identity geometry; applying it", Path(path).name)
+        logger.info("a MITK point set has a non-identity geometry; applying it")
     return matrix, offset

@@ -133,15 +133,10 @@ def read_mrk_json(path: Path | str) -> list[RawPoint]:
             raise file_error(path, f"has a malformed markup #{index}", _RESAVE)
         kind = markup.get("type")
         if kind != "Fiducial":
-            logger.warning(
-                "%s: skipping markup #%d of type %r; only point lists (Fiducial) hold landmarks",
-                Path(path).name,
-                index,
-                kind,
-            )
+            logger.warning("skipping markup #%d of type %r; only point lists (Fiducial) hold landmarks", index, kind)
             continue
         result.extend(_read_markup(path, markup, index))
-    logger.debug("read %d control points from %s", len(result), Path(path).name)
+    logger.debug("read %d control points from a Slicer markups file", len(result))
     return result
 
 

@@ -155,7 +155,7 @@ def read_csv(path: Path | str, layout: CsvLayout) -> dict[str, list[RawPoint]]:
             x, y, z = (_parse(path, cell, layout, line_number) for cell in cells)
             xyz = point_to_lps((x, y, z), layout.coordinate_system)
         result.setdefault(case, []).append((label, xyz))
-    logger.debug("read %d rows (%d cases) from %s", len(numbered) - 1, len(result), Path(path).name)
+    logger.debug("read %d rows (%d cases) from a landmark table", len(numbered) - 1, len(result))
     return result
 
 

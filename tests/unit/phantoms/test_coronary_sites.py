@@ -21,6 +21,7 @@ from cardiofm.phantoms.scanners import StudySize
 from cardiofm.pipeline.case_steps import STUDY_FILE
 from cardiofm.pipeline.dataset_step import _copy_case
 from cardiofm.pipeline.labels_step import import_labels_case
+from cardiofm.pipeline.match_keys import KEY_FILE, load_or_create_secret, match_hash
 
 SETTINGS = FederationSettings(
     sites=2,
@@ -97,7 +98,9 @@ def test_coronary_masks_arrive_in_the_dataset_of_the_configured_site(
             out_dir.mkdir()
             save_nifti(in_dir / "image.nii.gz", np.zeros(shape, dtype=np.int16), crop_grid)
             save_nifti(in_dir / "heart.nii.gz", np.ones(shape, dtype=np.uint8), crop_grid)
-            study_json = {"study_uid": study.study_uid, "series_uid": "1.2", "match": {"PatientID": study.patient_id}}
+            secret = load_or_create_secret(root / site.folder / KEY_FILE)
+            hashed = {"PatientID": match_hash(secret, study.patient_id)}
+            study_json = {"study_uid": study.study_uid, "series_uid": "1.2", "match_hmac": hashed}
             (in_dir / STUDY_FILE).write_text(json.dumps(study_json))
 
             notes = import_labels_case(in_dir, out_dir, params)
