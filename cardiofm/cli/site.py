@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Take part in a federated run from this site.", no_args_is_help=True)
+app = typer.Typer(
+    help="Take part in a federated run from this site, and the site's local step between its stages.",
+    no_args_is_help=True,
+)
 
 
 @app.command("join")
@@ -57,3 +60,46 @@ def join(
     )
     result = run_join(params)
     typer.echo(f"run {result.run_id} finished after {result.seconds:.0f} s (SuperNode log: {result.log_file})")
+
+
+@app.command("pseudolabel")
+def pseudolabel(
+    data: Path = typer.Option(..., "--data", help="Site dataset folder written by `cardiofm prepare` (read only)."),
+    work_dir: Path = typer.Option(
+        Path("supernode"), "--work-dir", help="The --work-dir this site joined the teacher stages with."
+    ),
+    teachers: Path | None = typer.Option(
+        None, "--teachers", help="Folder of teacher-<task>.pt checkpoints (default: WORK_DIR/models, as received)."
+    ),
+    task: list[str] = typer.Option([], "--task", help="Only this task's teacher (repeatable; default: every one)."),
+) -> None:
+    """Pseudo-label every case of the site with the federated teachers, for the site's distill stage.
+
+    Writes WORK_DIR/pseudo-labels/<task>/ and teachers.json, exactly where `cardiofm site join` with the
+    same --work-dir makes the distill stage read them. Exit codes: 0 done; 6 no teacher or no dataset;
+    2 invalid settings.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from cardiofm.cli.train import progress_bar
+    from cardiofm.contracts.coordinator import SitePseudolabelParams
+    from cardiofm.contracts.federated_run import SiteNodeConfig
+    from cardiofm.federated.task import PSEUDO_DIR, pseudolabel_site
+    from cardiofm.training.data import load_manifest
+
+    params = SitePseudolabelParams.from_values(
+        {"dataset": data, "work_dir": work_dir.resolve(), "teachers_dir": teachers, "tasks": tuple(task)}
+    )
+    params.check()
+    n = len(load_manifest(params.dataset).cases)
+    site = SiteNodeConfig(dataset=params.dataset, work_dir=params.work_dir)
+    with progress_bar() as bar:
+        job = bar.add_task("pseudo-labelling", total=None)
+        written = pseudolabel_site(site, params.tasks or None, params.teachers_dir, on_case=lambda _c: bar.advance(job))
+    table = Table(title=f"pseudo-labels of {n} case(s) in {params.work_dir / PSEUDO_DIR}")
+    table.add_column("task")
+    table.add_column("cases", justify="right")
+    for name, count in written.items():
+        table.add_row(name, str(count))
+    Console().print(table)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from cardiofm.training.config import EncodingConfig
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The CLI's progress bar on stderr (description, bar, count, time left), gone when done."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -124,7 +125,7 @@ def train(
     samples = load_training_samples(
         list(dataset), cfg, pseudo_dirs=list(pseudo) or None, heart_conditioning=model_cfg.heart_conditioning
     )
-    with _progress() as bar:
+    with progress_bar() as bar:
         job = bar.add_task(f"training {model_cfg.name}", total=steps)
         result = run_training(
             samples,
@@ -169,12 +170,16 @@ def pseudolabel(
     dataset: Path = typer.Option(..., "--dataset", help="Site dataset to pseudo-label (every case)."),
     out: Path = typer.Option(..., "--out", help="Folder for the pseudo-labels."),
 ) -> None:
-    """Run a teacher on every case of a site dataset and store compact soft labels and decoded points."""
+    """Run a teacher on every case of a site dataset and store compact soft labels and decoded points.
+
+    For local training (`cardiofm train --pseudo OUT`). In a federation use `cardiofm site pseudolabel`:
+    it writes the layout (and teachers.json) the site's distill stage reads.
+    """
     from cardiofm.training.data import load_manifest
     from cardiofm.training.pseudolabel import pseudolabel_dataset
 
     n = len(load_manifest(dataset).cases)
-    with _progress() as bar:
+    with progress_bar() as bar:
         job = bar.add_task("pseudo-labelling", total=n)
         written = pseudolabel_dataset(checkpoint, dataset, out, on_case=lambda _c: bar.advance(job))
     Console().print(f"pseudo-labels for {n} case(s) in {out}: {written}")

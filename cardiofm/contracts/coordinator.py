@@ -292,3 +292,40 @@ class SiteJoinParams(BaseModel):
         for path in (self.ca_cert, self.private_key):
             if path is not None and not path.is_file():
                 raise MissingResourceError(f"{path} not found: it comes in the site bundle from the coordinator")
+
+
+class SitePseudolabelParams(BaseModel):
+    """The site's local step between the teacher stages and ``distill`` (``cardiofm site pseudolabel``).
+
+    Attributes
+    ----------
+    dataset:
+        The site dataset folder (``manifest.json`` + ``cases/``); every case is pseudo-labelled.
+    work_dir:
+        The work folder the site joined the teacher stages with (``cardiofm site join --work-dir``):
+        its ``models/`` holds the received teachers, and the pseudo-labels go to its ``pseudo-labels/``,
+        where the site's ``distill`` stage reads them.
+    teachers_dir:
+        Folder of teacher checkpoints named ``teacher-<task>.pt``; None: ``<work_dir>/models``.
+    tasks:
+        Only these tasks' teachers; empty: every teacher found.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: Path
+    work_dir: Path
+    teachers_dir: Path | None = None
+    tasks: tuple[str, ...] = ()
+
+    @classmethod
+    def from_values(cls, values: dict[str, object]) -> Self:
+        """Validate the settings from the command line or a task's environment (ConfigError naming the field)."""
+        return _validated(cls, values)
+
+    def check(self) -> None:
+        """The dataset must exist (MissingResourceError saying how to make it)."""
+        if not (self.dataset / "manifest.json").is_file():
+            raise MissingResourceError(
+                f"site dataset {self.dataset} has no manifest.json: build it with `cardiofm prepare`"
+            )

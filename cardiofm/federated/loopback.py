@@ -17,6 +17,7 @@ Everything runs as real processes with the production protections, only on ``127
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -243,6 +244,49 @@ def loopback_federation(work_dir: Path, datasets: Mapping[str, Path]) -> Iterato
             stop_coordinator(fed)
     finally:
         restore()
+
+
+def pseudolabel_command(site: LoopbackSite, tasks: Sequence[str]) -> list[str]:
+    """The hospital's local step between the teacher stages and distill: ``cardiofm site pseudolabel``."""
+    cmd = [str(venv_bin() / "cardiofm"), "site", "pseudolabel", "--data", str(site.dataset)]
+    cmd += ["--work-dir", str(site.work_dir)]
+    for task in tasks:
+        cmd += ["--task", task]
+    return cmd
+
+
+def pseudolabel_sites(sites: Sequence[LoopbackSite], tasks: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Every site runs its pseudo-label command (in parallel, one thread each); site → task → cases.
+
+    Raises
+    ------
+    ExternalToolError
+        If a site's command fails, with its exit code and output tail.
+    """
+    from cardiofm.federated.task import PSEUDO_DIR, TEACHERS_FILE
+
+    logs = {site.name: site.work_dir.parent / f"pseudolabel-{site.name}.log" for site in sites}
+    procs = []
+    for site in sites:
+        with logs[site.name].open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    pseudolabel_command(site, tasks),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=_single_threaded_env(),
+                )
+            )
+    counts: dict[str, dict[str, int]] = {}
+    for site, proc in zip(sites, procs, strict=True):
+        code = proc.wait()
+        if code != 0:
+            tail = logs[site.name].read_text(errors="replace")[-2000:]
+            raise ExternalToolError(f"site {site.name}: `cardiofm site pseudolabel` exited with {code}:\n{tail}")
+        record = json.loads((site.work_dir / PSEUDO_DIR / TEACHERS_FILE).read_text())
+        counts[site.name] = {t: int(record[t]["cases"]) for t in tasks if t in record}
+    return counts
 
 
 def join_command(fed: LoopbackFederation, site: LoopbackSite, timeout_s: float) -> list[str]:
@@ -582,11 +626,6 @@ def run_chain(
     ExternalToolError, FederationTimeoutError
         If a federated run fails (see :func:`run_stage`).
     """
-    import torch
-
-    from cardiofm.contracts.federated_run import SiteNodeConfig
-    from cardiofm.federated.task import pseudolabel_site
-
     notify = on_phase or (lambda _phase: None)
     result = ChainResult()
     held = {name: labelled_tasks(fed.site(name).dataset) for name in training_sites}
@@ -617,15 +656,9 @@ def run_chain(
 
     began = time.monotonic()
     notify("local pseudo-labels at every site")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for site in fed.sites:
-            counts = pseudolabel_site(SiteNodeConfig(dataset=site.dataset, work_dir=site.work_dir), tasks)
-            for task, n in counts.items():
-                result.pseudo_labelled.setdefault(task, {})[site.name] = n
-    finally:
-        torch.set_num_threads(threads)
+    for site, counts in pseudolabel_sites(fed.sites, tasks).items():
+        for task, n in counts.items():
+            result.pseudo_labelled.setdefault(task, {})[site] = n
     _timed(result.seconds, "pseudo-labels", began)
 
     began = time.monotonic()

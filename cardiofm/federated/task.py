@@ -21,7 +21,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, get_args
@@ -436,17 +436,26 @@ def evaluation_metrics(report: Mapping[str, object], heads: tuple[str, ...]) -> 
     return out
 
 
-def received_teachers(site: SiteNodeConfig) -> dict[str, Path]:
-    """Task → teacher checkpoint this site received (``<work-dir>/models/teacher-<task>.pt``)."""
+def received_teachers(site: SiteNodeConfig, folder: Path | None = None) -> dict[str, Path]:
+    """Task → teacher checkpoint ``teacher-<task>.pt`` in ``folder``.
+
+    The default folder holds what the site received: ``<work-dir>/models``.
+    """
     prefix = TEACHER_PREFIX.replace(":", "-")
-    folder = site.work_dir / MODELS_DIR
+    folder = folder if folder is not None else site.work_dir / MODELS_DIR
     return {p.stem.removeprefix(prefix): p for p in sorted(folder.glob(f"{prefix}*.pt"))}
 
 
-def pseudolabel_site(site: SiteNodeConfig, tasks: tuple[str, ...] | None = None) -> dict[str, int]:
+def pseudolabel_site(
+    site: SiteNodeConfig,
+    tasks: tuple[str, ...] | None = None,
+    teachers_dir: Path | None = None,
+    on_case: Callable[[str], None] | None = None,
+) -> dict[str, int]:
     """The local step between the teacher stages and ``distill``: teachers predict every case of the site.
 
-    Each received teacher (or those of ``tasks``) writes ``<work-dir>/pseudo-labels/<task>/``; earlier
+    Each received teacher (or those of ``tasks``; from ``teachers_dir`` instead of ``<work-dir>/models``
+    when given) writes ``<work-dir>/pseudo-labels/<task>/``; earlier
     pseudo-labels of that task are replaced. ``teachers.json`` records which teacher and grid each task used.
 
     Returns
@@ -461,12 +470,15 @@ def pseudolabel_site(site: SiteNodeConfig, tasks: tuple[str, ...] | None = None)
     """
     from cardiofm.training.pseudolabel import pseudolabel_dataset
 
-    teachers = {t: p for t, p in received_teachers(site).items() if tasks is None or t in tasks}
-    if not teachers:
-        wanted = list(tasks) if tasks else "any task"
+    found = received_teachers(site, teachers_dir)
+    teachers = {t: p for t, p in found.items() if not tasks or t in tasks}
+    missing = [t for t in tasks or () if t not in found]
+    if not teachers or missing:
+        wanted = missing or list(tasks or ()) or "any task"
+        where = f"in {teachers_dir}" if teachers_dir is not None else f"under the work dir's {MODELS_DIR}/"
         raise MissingResourceError(
-            f"no teacher model for {wanted} at this site; take part in the teacher stages first (their final models "
-            f"are stored under the work dir's {MODELS_DIR}/)"
+            f"no teacher model for {wanted} at this site ({where}; found: {sorted(found) or 'none'}); take part in "
+            "the teacher stages first: their final models are stored there as teacher-<task>.pt"
         )
     out = _pseudo_dir(site)
     record_path = out / TEACHERS_FILE
@@ -474,7 +486,7 @@ def pseudolabel_site(site: SiteNodeConfig, tasks: tuple[str, ...] | None = None)
     written: dict[str, int] = {}
     for task, ckpt_path in teachers.items():
         shutil.rmtree(out / task, ignore_errors=True)
-        counts = pseudolabel_dataset(ckpt_path, site.dataset, out)
+        counts = pseudolabel_dataset(ckpt_path, site.dataset, out, on_case=on_case)
         written[task] = counts.get(task, 0)
         spacing = load_checkpoint(ckpt_path).train_config.preprocessing.spacing_mm
         record[task] = {"teacher": ckpt_path.name, "spacing_mm": spacing, "cases": written[task]}

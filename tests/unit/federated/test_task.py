@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -206,6 +209,37 @@ def test_received_model_is_saved_and_pseudolabels_come_from_it(tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match="grid"):
         task.train_local(site, distill, state, 1)
+
+
+def _site_pseudolabel(*args: str) -> subprocess.CompletedProcess[str]:
+    cardiofm = str(Path(sys.executable).parent / "cardiofm")
+    return subprocess.run(
+        [cardiofm, "site", "pseudolabel", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_site_pseudolabel_command_writes_what_distill_reads(tmp_path: Path) -> None:
+    site = _site(tmp_path, "p", [["landmarks"], []])
+    spec = _teacher_spec()
+    common = ["--data", str(site.dataset), "--work-dir", str(site.work_dir)]
+    refused = _site_pseudolabel(*common)  # before the teacher stage: nothing to pseudo-label with
+    assert refused.returncode == MissingResourceError.exit_code
+    assert "no teacher model" in refused.stderr
+    assert not (site.work_dir / "pseudo-labels").exists()
+    teachers = tmp_path / "teachers"  # a teacher handed over as a file, not received in this work dir
+    received = task.save_global_model(site, spec, task.initial_state(spec))
+    shutil.move(received.parent, teachers)
+    wrong = _site_pseudolabel(*common, "--teachers", str(teachers), "--task", "septum")
+    assert wrong.returncode == MissingResourceError.exit_code
+    assert "['septum']" in wrong.stderr
+    assert "found: ['landmarks']" in wrong.stderr
+    run = _site_pseudolabel(*common, "--teachers", str(teachers), "--task", "landmarks")
+    assert run.returncode == 0, run.stderr
+    record = json.loads((site.work_dir / "pseudo-labels" / "teachers.json").read_text())
+    assert record["landmarks"] == {"teacher": "teacher-landmarks.pt", "spacing_mm": SPACING_MM, "cases": 2}
+    distill = task.StageSpec("distill", spec.model, spec.train)
+    # the distill stage of this work dir accepts them (same grid): it trains on both cases
+    assert task.train_local(site, distill, task.initial_state(spec), 1).num_examples == 2
 
 
 def test_distill_without_pseudolabels_says_what_to_do(tmp_path: Path) -> None:
