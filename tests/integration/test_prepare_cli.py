@@ -9,6 +9,7 @@ for the patients' ids, names and accession numbers.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -45,10 +46,12 @@ class Site:
     open: Pacs  # Orthanc without
 
 
-def prepare(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def prepare(
+    *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CARDIOFM, "-v", "prepare", *args],
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset},
         capture_output=True,
         text=True,
         timeout=600,
@@ -206,3 +209,50 @@ def test_unreachable_pacs_is_an_external_error(site: Site, tmp_path: Path) -> No
     run = prepare("--site-dir", str(site.folderless), "--out", str(tmp_path / "ds"), "--dimse", f"127.0.0.1:{port}")
     assert run.returncode == ExternalToolError.exit_code
     assert f"127.0.0.1:{port}" in run.stderr
+
+
+def test_preparation_settings_reach_the_dataset(site: Site, tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.yaml"  # a site.yaml kept outside the site folder
+    shutil.copyfile(site.site_dir / "site.yaml", config)
+    args = ["--site-dir", str(site.site_dir), "--out", str(tmp_path / "ds"), "--config", str(config)]
+    args += ["--segmenter", "fallback", "--margin-mm", "8", "--spacing-mm", "2", "--split-seed", "7"]
+    args += ["--test-fraction", "0.67"]
+    ok(prepare(*args))
+    manifest = DatasetManifest.model_validate_json((tmp_path / "ds" / "manifest.json").read_text())
+    assert (manifest.split_seed, manifest.test_fraction) == (7, 0.67)
+    assert sum(c.split == "test" for c in manifest.cases) == 2  # round(0.67 × 3)
+    assert {c.spacing_mm for c in manifest.cases} == {(2.0, 2.0, 2.0)}
+    crop = json.loads(next((tmp_path / "ds" / "work" / "batch").glob("*/crop-heart/crop.json")).read_text())
+    assert (crop["margin_mm"], crop["segmenter"]) == (8.0, "fallback")
+    assert (config.parent / ".cardiofm" / "match.key").is_file()  # the secret sits beside the config used
+
+
+def test_totalsegmentator_without_weights_quarantines_every_study_and_says_why(site: Site, tmp_path: Path) -> None:
+    segmenter_python = Path(__file__).resolve().parents[2] / ".venvs" / "segmenter" / "bin" / "python"
+    args = ["--site-dir", str(site.site_dir), "--out", str(tmp_path / "ds"), "--segmenter", "totalsegmentator"]
+    run = prepare(
+        *args, "--segmenter-python", str(segmenter_python), unset=("TOTALSEG_HOME_DIR", "TOTALSEG_WEIGHTS_PATH")
+    )
+    summary = json.loads((tmp_path / "ds" / "prepare-summary.json").read_text())
+    assert summary["in"] == 3
+    assert summary["in"] == summary["prepared"] + summary["quarantined"]
+    assert summary["quarantined"] == 3  # nothing lost: each study is listed with the reason
+    reasons = [q["reason"] for q in json.loads((tmp_path / "ds" / "quarantine.json").read_text())]
+    assert all("TOTALSEG_HOME_DIR" in r for r in reasons), reasons
+    assert "TOTALSEG_HOME_DIR" in run.stdout + run.stderr
+
+
+def test_a_teacher_on_the_prepared_site_is_scored_against_the_phantom_truth(site: Site, tmp_path: Path) -> None:
+    ckpt = tmp_path / "teacher.pt"
+    train = [CARDIOFM, "train", "--dataset", str(site.folder_run), "--task", "landmarks", "--out", str(ckpt)]
+    train += ["--filters", "4,8,16,32", "--patch", "32", "--steps", "2", "--batch-size", "1", "--spacing-mm", "2"]
+    ok(subprocess.run(train, capture_output=True, text=True, timeout=600, check=False))
+    report = tmp_path / "report.json"
+    fed_root = site.site_dir.parent
+    evaluate = [CARDIOFM, "evaluate", "--checkpoint", str(ckpt), "--dataset", str(site.folder_run), "--split", "all"]
+    evaluate += ["--phantom-truth", str(fed_root), "--json", str(report)]
+    ok(subprocess.run(evaluate, capture_output=True, text=True, timeout=600, check=False))
+    scored = json.loads(report.read_text())
+    assert scored["cases"] == 3
+    # every case is scored against the generator's truth, also those the site never labelled
+    assert scored["landmarks"]["pooled"]["n"] == 3 * 5

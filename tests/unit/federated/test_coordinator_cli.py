@@ -80,3 +80,32 @@ def test_bad_allowlist_is_a_config_error(tmp_path: Path) -> None:
     _, _, exc = _invoke("coordinator", "init", "--dir", str(tmp_path), "--allow", "10.0.0.0/99")
     assert isinstance(exc, ConfigError)
     assert "CIDR" in str(exc)
+
+
+def test_init_records_the_listening_addresses(tmp_path: Path) -> None:
+    work = tmp_path / "coord"
+    args = ["--fleet-host", "127.0.0.1", "--fleet-port", "19443", "--admin-port", "19093"]
+    code, _, exc = _invoke("coordinator", "init", "--dir", str(work), *args)
+    assert code == 0, exc
+    cfg = json.loads((work / "coordinator.json").read_text())
+    assert (cfg["fleet_host"], cfg["fleet_port"], cfg["admin_port"]) == ("127.0.0.1", 19443, 19093)
+
+
+def test_start_on_an_uninitialised_dir_fails_also_in_insecure_dev_mode(tmp_path: Path) -> None:
+    code, _, exc = _invoke("coordinator", "start", "--dir", str(tmp_path / "none"), "--insecure-dev")
+    assert code != 0
+    assert isinstance(exc, MissingResourceError | ConfigError)
+    assert "init" in str(exc)
+
+
+def test_join_refuses_settings_that_would_redirect_the_site(tmp_path: Path) -> None:
+    data = tmp_path / "ds"
+    data.mkdir()
+    base = ["site", "join", "--superlink", "127.0.0.1:9", "--data", str(data), "--pin-fab", "a" * 64]
+    base += ["--work-dir", str(tmp_path / "w"), "--insecure-dev"]
+    _, _, exc = _invoke(*base, "--node-config", f"dataset={tmp_path}")  # another dataset than --data
+    assert isinstance(exc, ConfigError)
+    assert "dataset" in str(exc)
+    _, _, exc = _invoke(*base, "--grace-s", "-1")
+    assert isinstance(exc, ConfigError)
+    assert "grace_s" in str(exc)

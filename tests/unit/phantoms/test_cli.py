@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -104,3 +105,25 @@ def test_version(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout.strip() == f"cardiofm {__version__}"
+
+
+def test_matrix_slices_and_profile_override_the_preset(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "fed"
+    args = ["phantoms", "federation", "--out", str(out), "--sites", "1", "--cases-per-site", "1"]
+    args += ["--series-per-study", "1", "--size", "tiny", "--matrix", "48", "--slices", "24"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    record = FederationRecord.model_validate_json((out / "federation.json").read_text())
+    assert (record.size["matrix"], record.size["slices"]) == (48, 24)
+    vendors = set()
+    for profile in ("0", "1"):
+        case = tmp_path / f"case-{profile}"
+        args = ["phantoms", "case", "--out", str(case), "--profile", profile, "--matrix", "40", "--slices", "12"]
+        result = runner.invoke(app, [*args, "--size", "tiny"])
+        assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+        files = sorted((case / "pacs").rglob("*.dcm"))
+        assert len(files) == 12
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        assert (ds.Rows, ds.Columns) == (40, 40)
+        vendors.add(str(ds.Manufacturer))
+    assert len(vendors) == 2  # another scanner profile, another vendor

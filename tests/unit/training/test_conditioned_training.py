@@ -43,3 +43,14 @@ def test_a_heart_conditioned_teacher_trains_evaluates_and_pseudolabels(tmp_path:
     result = runner.invoke(app, pl)
     assert result.exit_code == 0, (result.output, result.exception)
     assert sorted(p.name for p in (tmp_path / "pl" / "coronaries").glob("*.npz")) == ["case-a.npz", "case-b.npz"]
+
+    # distillation from those pseudo-labels: a small student, seeded, one loader worker
+    student = tmp_path / "student.pt"
+    args = ["train", "--dataset", str(dataset), "--model", "student", "--task", "coronaries", "--feature-size", "12"]
+    args += ["--pseudo", str(tmp_path / "pl"), "--patch", "32", "--steps", "2", "--batch-size", "1", "--seed", "5"]
+    args += ["--workers", "1", "--device", "cpu", "--out", str(student)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    ckpt = load_checkpoint(student)
+    assert (ckpt.model_config.feature_size, ckpt.train_config.seed) == (12, 5)
+    assert ckpt.train_config.num_workers == 1
