@@ -47,7 +47,7 @@ def test_a_heart_conditioned_teacher_trains_evaluates_and_pseudolabels(tmp_path:
     # distillation from those pseudo-labels: a small student, seeded, one loader worker
     student = tmp_path / "student.pt"
     args = ["train", "--dataset", str(dataset), "--model", "student", "--task", "coronaries", "--feature-size", "12"]
-    args += ["--pseudo", str(tmp_path / "pl"), "--patch", "32", "--steps", "2", "--batch-size", "1", "--seed", "5"]
+    args += ["--pseudo", str(tmp_path / "pl"), "--patch", "64", "--steps", "2", "--batch-size", "1", "--seed", "5"]
     args += ["--workers", "1", "--device", "cpu", "--out", str(student)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
