@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Folder names of the chain: each step reads the previous name and writes the next.
 CHAIN_DIRS = ("pacs", "select-series", "convert", "crop-heart", "import-labels")
+#: Where studies pulled from a PACS are staged (inside ``OUT/work``; removed after the chain).
+MIRROR_DIR = "pacs-mirror"
 
 
 @dataclass
@@ -114,7 +116,7 @@ def prepare_site(
         shutil.rmtree(work)
     retrieval_failed: list[dict[str, str]] = []
     if source is not None:
-        mirror = work / "pacs-mirror"
+        mirror = work / MIRROR_DIR
         mirrored = mirror_all(source, mirror)
         retrieval_failed = [
             {
@@ -174,7 +176,7 @@ def prepare_site(
 
 def _drop_dicom(work: Path, batch: Path) -> None:
     """Remove the PACS mirror and the links to DICOM files (their paths may name patients) from the work folder."""
-    shutil.rmtree(work / "pacs-mirror", ignore_errors=True)
+    shutil.rmtree(work / MIRROR_DIR, ignore_errors=True)
     for case_dir in batch.iterdir():
         for links in (case_dir / CHAIN_DIRS[0], case_dir / CHAIN_DIRS[1] / "series"):
             shutil.rmtree(links, ignore_errors=True)

@@ -45,28 +45,33 @@ def assign_splits(
     splits: dict[str, Split] = {c: s for c, s in (frozen or {}).items() if c in tasks_of}
     new = sorted((c for c in tasks_of if c not in splits), key=lambda c: _rank(seed, c))
     all_tasks = sorted({t for ts in tasks_of.values() for t in ts})
-    holders = {t: [c for c, ts in tasks_of.items() if t in ts] for t in all_tasks}
-    quota = {t: quota_of(len(holders[t]), test_fraction) for t in all_tasks}
-
-    def in_test(task: str) -> int:
-        return sum(1 for c in holders[task] if splits.get(c) == "test")
+    holders = {t: sum(1 for ts in tasks_of.values() if t in ts) for t in all_tasks}
+    quota = {t: quota_of(holders[t], test_fraction) for t in all_tasks}
+    in_test = {t: sum(1 for c, s in splits.items() if s == "test" and t in tasks_of[c]) for t in all_tasks}
 
     def overshoot(case: str) -> int:
         """How many of the case's tasks are already at their quota (putting it in test would exceed them)."""
-        return sum(1 for t in tasks_of[case] if in_test(t) >= quota[t])
+        return sum(1 for t in tasks_of[case] if in_test[t] >= quota[t])
 
-    for task in sorted(all_tasks, key=lambda t: (len(holders[t]), t)):
-        while in_test(task) < quota[task]:
-            free = [c for c in new if c not in splits and task in tasks_of[c]]
+    def to_test(case: str) -> None:
+        splits[case] = "test"
+        for t in tasks_of[case]:
+            in_test[t] += 1
+
+    for task in sorted(all_tasks, key=lambda t: (holders[t], t)):
+        while in_test[task] < quota[task]:
+            free = [c for c in new if c not in splits and task in tasks_of[c]]  # in rank order
             if not free:
                 break
-            splits[min(free, key=lambda c: (overshoot(c), new.index(c)))] = "test"
+            to_test(min(free, key=overshoot))  # min keeps the first (lowest rank) of equal overshoot
     total = quota_of(len(tasks_of), test_fraction, at_least_one_from=None)
-    while sum(1 for s in splits.values() if s == "test") < total:
-        free = [c for c in new if c not in splits and overshoot(c) == 0]
-        if not free:
+    n_test = sum(1 for s in splits.values() if s == "test")
+    for case in new:
+        if n_test >= total:
             break
-        splits[free[0]] = "test"
+        if case not in splits and overshoot(case) == 0:
+            to_test(case)
+            n_test += 1
     for case in new:
         splits.setdefault(case, "train")
     return splits
