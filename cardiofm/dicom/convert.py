@@ -84,7 +84,8 @@ class ConversionResult:
     Attributes
     ----------
     nifti_path, sidecar_path:
-        ``out_dir/<name>.nii.gz`` (integer voxels whose NIfTI scaling gives HU) and ``out_dir/<name>.json``.
+        ``out_dir/<name>.nii.gz`` (``.nii`` uncompressed; integer voxels whose NIfTI scaling gives HU) and
+        ``out_dir/<name>.json``.
     grid:
         Grid of the written NIfTI (array layout as dcm2niix wrote it).
     shape, spacing_mm:
@@ -140,9 +141,12 @@ def _tail(text: str) -> str:
     return "\n".join(text.strip().splitlines()[-_TAIL_LINES:])
 
 
-def _run_dcm2niix(exe: Path, in_dir: Path, out_dir: Path, name: str, timeout_s: float) -> tuple[str, str]:
-    """Run dcm2niix on ``in_dir``; return (version, combined output)."""
-    args = [str(exe), "-z", "y", "-b", "y", "-ba", "y", "-f", name, "-o", str(out_dir), str(in_dir)]
+def _run_dcm2niix(
+    exe: Path, in_dir: Path, out_dir: Path, name: str, timeout_s: float, compress: bool
+) -> tuple[str, str]:
+    """Run dcm2niix on ``in_dir`` (gzip output when ``compress``); return (version, combined output)."""
+    gz = "y" if compress else "n"
+    args = [str(exe), "-z", gz, "-b", "y", "-ba", "y", "-f", name, "-o", str(out_dir), str(in_dir)]
     try:
         run = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -277,17 +281,19 @@ def _write_outputs(
     data: npt.NDArray[np.int16] | Path,
     grid: Grid,
     sidecar: dict[str, Any],
+    suffix: str,
 ) -> tuple[Path, Path]:
     """Write both outputs under temporary names, then move them into place.
 
-    ``data`` is either the voxels to save or a ready ``.nii.gz`` (dcm2niix's own integer output) to copy.
+    ``data`` is either the voxels to save or a ready NIfTI file with ``suffix`` (dcm2niix's own integer
+    output) to move.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    nifti, side = out_dir / f"{name}.nii.gz", out_dir / f"{name}.json"
-    part_nifti, part_side = out_dir / f".{name}.part.nii.gz", out_dir / f".{name}.json.part"
+    nifti, side = out_dir / f"{name}{suffix}", out_dir / f"{name}.json"
+    part_nifti, part_side = out_dir / f".{name}.part{suffix}", out_dir / f".{name}.json.part"
     try:
         if isinstance(data, Path):
-            shutil.copyfile(data, part_nifti)
+            shutil.move(data, part_nifti)
         else:
             save_nifti(part_nifti, data, grid)
         part_side.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -300,7 +306,12 @@ def _write_outputs(
 
 
 def convert_series(
-    files: Sequence[Path], out_dir: Path, *, name: str = "image", timeout_s: float = DEFAULT_TIMEOUT_S
+    files: Sequence[Path],
+    out_dir: Path,
+    *,
+    name: str = "image",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    compress: bool = True,
 ) -> ConversionResult:
     """Convert one single-frame DICOM CT series to ``out_dir/<name>.nii.gz`` (integer HU) and ``<name>.json``.
 
@@ -314,6 +325,9 @@ def convert_series(
         Base name of the outputs: letters, digits, ``_`` and ``-``.
     timeout_s:
         Limit on the dcm2niix run, seconds.
+    compress:
+        Write ``<name>.nii.gz``; False writes ``<name>.nii`` (gzip is most of dcm2niix's run time at full
+        size, and an intermediate that the next step reads at once need not be compressed).
 
     Returns
     -------
@@ -343,7 +357,7 @@ def convert_series(
         tool_out.mkdir()
         _stage_inputs(paths, in_dir)
         tool_start = time.perf_counter()
-        version, log = _run_dcm2niix(exe, in_dir, tool_out, name, timeout_s)
+        version, log = _run_dcm2niix(exe, in_dir, tool_out, name, timeout_s, compress)
         tool_seconds = time.perf_counter() - tool_start
         produced = sorted(p for p in tool_out.iterdir() if p.name.endswith((".nii", ".nii.gz")))
         if not produced:
@@ -359,10 +373,12 @@ def convert_series(
         # dcm2niix's integer output (stored values + scl_slope/scl_inter = HU) cannot hold NaN and is
         # kept as written; anything else is checked voxel by voxel and rewritten as int16 HU
         stored = img.get_data_dtype()  # type: ignore[no-untyped-call]
-        integer = np.issubdtype(stored, np.integer) and produced[0].name.endswith(".nii.gz")
+        suffix = ".nii.gz" if compress else ".nii"
+        integer = np.issubdtype(stored, np.integer) and produced[0].name.endswith(suffix)
         data = produced[0] if integer else _hu_int16(img, grid.shape, produced[0].name)
         sidecar = build_sidecar(ordered[0].dataset, expected, version or "unknown")
-        nifti, side = _write_outputs(Path(out_dir), name, data, grid, sidecar)
+        del img  # an uncompressed file may be memory-mapped; release it before the move
+        nifti, side = _write_outputs(Path(out_dir), name, data, grid, sidecar, suffix)
     orientation = "".join(nib.aff2axcodes(grid.affine_ras))  # type: ignore[no-untyped-call]
     seconds = time.perf_counter() - start
     logger.info(

@@ -103,14 +103,22 @@ def select_case(in_dir: Path, out_dir: Path, params: SelectSeriesParams) -> list
 
 
 def convert_case(in_dir: Path, out_dir: Path, params: ConvertParams) -> list[str]:
-    """Convert the selected series to ``<name>.nii.gz`` (int16 HU) plus a whitelisted sidecar."""
+    """Convert the selected series to ``<name>.nii`` (``.nii.gz`` with ``compress``; integer HU) and a sidecar."""
     files = sorted((in_dir / "series").glob("*.dcm"))
     if not files:
         raise InputDataError("no selected series in the input folder; run select-series first")
-    result = convert_series(files, out_dir, name=params.name, timeout_s=params.timeout_s)
+    result = convert_series(files, out_dir, name=params.name, timeout_s=params.timeout_s, compress=params.compress)
     _carry(in_dir, out_dir)
     spacing = ", ".join(f"{s:.2f}" for s in result.spacing_mm)
     return [f"{result.shape} voxels at ({spacing}) mm", f"dcm2niix {result.dcm2niix_version}"]
+
+
+def converted_image(folder: Path, name: str = "image") -> Path:
+    """The convert step's image in ``folder``: ``<name>.nii`` or ``<name>.nii.gz`` (see ConvertParams.compress)."""
+    for suffix in (".nii", ".nii.gz"):
+        if (folder / f"{name}{suffix}").is_file():
+            return folder / f"{name}{suffix}"
+    raise InputDataError(f"no converted image ({name}.nii or {name}.nii.gz) in the input folder; run convert first")
 
 
 def _segment(
@@ -129,7 +137,7 @@ def _segment(
 
 def crop_case(in_dir: Path, out_dir: Path, params: CropHeartParams) -> list[str]:
     """Segment the heart, crop it with a margin, resample to ``spacing_mm``; writes image, heart mask, crop.json."""
-    image_path = in_dir / "image.nii.gz"
+    image_path = converted_image(in_dir)
     data, grid = load_nifti(image_path, float32=True)
     hu = np.asarray(data, dtype=np.float32)
     mask = _segment(image_path, hu, params, grid, out_dir)

@@ -119,7 +119,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _import_mask(spec: MaskAnnotations, path: Path, crop_grid: Grid, out: Path) -> int:
     """Resample one site mask (NIfTI or DICOM SEG) onto the crop grid, nearest neighbour; returns its voxel count."""
     mask, grid = read_seg_mask(path, spec.segment) if spec.format == "dicom-seg" else load_nifti(path)
-    if not bool(np.isfinite(np.asarray(mask, dtype=np.float64)).all()):
+    if np.issubdtype(mask.dtype, np.inexact) and not bool(np.isfinite(mask).all()):  # integers are always finite
         raise InputDataError(f"{path.name} contains NaN or infinite values; re-export the mask")
     on_crop = resample_onto((np.asarray(mask) > 0).astype(np.uint8), grid, crop_grid, order=0, fill_value=0)
     save_nifti(out, on_crop.astype(np.uint8), crop_grid)

@@ -35,7 +35,7 @@ from cardiofm.imaging.resample import resample_onto
 from cardiofm.labels.formats import read_landmarks_json
 from cardiofm.phantoms.federation import FederationSettings, generate_federation
 from cardiofm.phantoms.scanners import StudySize
-from cardiofm.pipeline.case_steps import load_site_config
+from cardiofm.pipeline.case_steps import converted_image, load_site_config
 from cardiofm.pipeline.prepare import PrepareResult, case_id_for, prepare_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -203,7 +203,7 @@ def test_crop_geometry_keeps_every_landmark(
     for case in run.manifest.cases:
         study = run.study(case)
         truth_grid = read_grid(root / "ground_truth" / study.case_id / "heart.nii.gz")
-        conv, conv_grid = load_nifti(run.out / "work" / "batch" / case.case_id / "convert" / "image.nii.gz")
+        conv, conv_grid = load_nifti(converted_image(run.out / "work" / "batch" / case.case_id / "convert"))
         conv_hu = np.asarray(conv, dtype=np.float32)
         assert conv_hu.size == int(np.prod(truth_grid.shape))
         corners = conv_grid.lps_to_index(truth_grid.corners_lps())

@@ -73,7 +73,7 @@ def test_convert_step_over_a_batch(selected: tuple[Path, str], tmp_path: Path) -
         (case / "select-series" / "series" / f.name).symlink_to(f.resolve())
     for name in ("selection.json", "study.json"):
         (case / "select-series" / name).write_bytes((sel_dir / name).read_bytes())
-    env = {**contract(workflow), **ConvertParams(name="ct").to_env()}
+    env = {**contract(workflow), **ConvertParams(name="ct", compress=True).to_env()}
 
     proc = run_step("convert", env, tmp_path)
     assert proc.returncode == EXIT_OK, proc.stderr[-2000:]

@@ -186,6 +186,15 @@ def test_only_the_given_files_are_converted(tmp_path: Path) -> None:
     _assert_voxels_match(result.nifti_path, vol, grid)
 
 
+def test_uncompressed_output_holds_the_same_voxels(tmp_path: Path) -> None:
+    files, vol, grid = _series(tmp_path)
+    result = convert_series(files, tmp_path / "out", compress=False)
+    assert result.nifti_path.name == "image.nii"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image.json", "image.nii"]
+    assert result.nifti_path.read_bytes()[344:348] == b"n+1\x00"  # a plain NIfTI-1 file, not gzip
+    _assert_voxels_match(result.nifti_path, vol, grid)
+
+
 def test_values_beyond_int16_are_kept(tmp_path: Path) -> None:
     grid = _grid()
     vol = _volume().astype(np.int32)

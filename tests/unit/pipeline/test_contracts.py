@@ -36,7 +36,7 @@ NON_DEFAULT: dict[str, StepParams] = {
             preferred_phase_percent=75,
         ),
     ),
-    "convert": ConvertParams(name="ct_1", timeout_s=12.5),
+    "convert": ConvertParams(name="ct_1", timeout_s=12.5, compress=True),
     "crop-heart": CropHeartParams(
         segmenter="totalsegmentator",
         margin_mm=7.5,
