@@ -10,6 +10,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SEG_VENV := .venvs/segmenter
 SEG_STAMP := $(SEG_VENV)/.installed
+# The Airflow environment (Kaapana 0.6 runs Airflow 2.11 on Python 3.12): the DAGs, the operators, the contracts.
+AF_VENV := .venvs/airflow
+AF_STAMP := $(AF_VENV)/.installed
+AF_PYTHON ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
+  "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 # Debian packages the tests rely on: Orthanc (a real PACS, DICOMweb and DIMSE) for integration tests,
 # nginx (the coordinator's allowlisting reverse proxy in front of the Flower SuperLink).
 APT_PACKAGES := orthanc orthanc-dicomweb nginx
@@ -21,7 +26,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup deps segmenter demo test lint typecheck unit bench clean
+.PHONY: help setup deps segmenter airflow demo test lint typecheck unit dag-tests bench clean
 
 help:
 	@echo "make demo   - synthetic hospitals, the federated chain on loopback, evaluation tables (SEED=, SITES=, CASES=)"
@@ -50,6 +55,15 @@ $(SEG_STAMP): requirements/segmenter.txt pyproject.toml
 
 segmenter: $(SEG_STAMP)
 
+$(AF_STAMP): requirements/airflow.txt pyproject.toml
+	@test -n "$(AF_PYTHON)" || { echo "Python 3.12 not found (Kaapana's Airflow runs on it): install it or run make AF_PYTHON=/path/to/python3.12"; exit 1; }
+	@test -x $(AF_VENV)/bin/python || $(AF_PYTHON) -m venv $(AF_VENV)
+	$(AF_VENV)/bin/python -m pip install --quiet -r requirements/airflow.txt
+	$(AF_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+airflow: $(AF_STAMP)
+
 # Debian packages, installed only when missing (needs root or sudo, as on CI).
 $(APT_STAMP):
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -67,16 +81,21 @@ demo: $(STAMP) $(APT_STAMP)
 	$(BIN)/cardiofm demo --out demo-output --seed $(SEED) --sites $(SITES) --cases $(CASES)
 
 lint: $(STAMP)
-	$(BIN)/ruff check cardiofm tests bench
-	$(BIN)/ruff format --check cardiofm tests bench
+	$(BIN)/ruff check cardiofm operators dags tests bench
+	$(BIN)/ruff format --check cardiofm operators dags tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(SEG_STAMP) $(APT_STAMP)
+unit: $(STAMP) $(SEG_STAMP) $(APT_STAMP) $(AF_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck unit
+# DAG integrity and the operator contract, inside the Airflow environment (its own pytest config, so the
+# package tests' fixtures, which need cardiofm's full dependencies, are not loaded there).
+dag-tests: $(AF_STAMP)
+	$(AF_VENV)/bin/python -m pytest -c tests/airflow/pytest.ini tests/airflow $(PYTEST_ARGS)
+
+test: lint typecheck dag-tests unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/phantoms.py

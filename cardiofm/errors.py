@@ -82,3 +82,20 @@ class NothingToDoError(CardioFMError):
     """Nothing to do for this input; the step is skipped, not failed."""
 
     exit_code = EXIT_SKIP
+
+
+def describe_exit_code(code: int) -> str:
+    """What a cardiofm process's exit code means (for an operator's log), e.g. ``3: InputDataError (...)``."""
+    if code == EXIT_OK:
+        return "0: success"
+    classes: list[type[CardioFMError]] = [CardioFMError]
+    for cls in classes:
+        classes.extend(cls.__subclasses__())
+    for cls in classes[1:]:
+        # the first class with the code (a subclass that keeps its parent's code is not listed)
+        if cls.exit_code == code and cls.exit_code != getattr(cls.__base__, "exit_code", None):
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            return f"{code}: {cls.__name__} ({doc})"
+    if code < 0 or code > 128:
+        return f"{code}: killed by a signal (out of memory, timeout or a stop request)"
+    return f"{code}: unexpected failure (see the log above)"

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-
-if TYPE_CHECKING:
-    from cardiofm.dicom.pacs import PacsSource
 
 
 def prepare(
@@ -51,7 +47,11 @@ def prepare(
     ),
 ) -> None:
     """Select, convert, crop and label every study of one site; write the site dataset."""
+    import os
+
+    from cardiofm.contracts.pacs import PacsParams
     from cardiofm.contracts.steps import CropHeartParams
+    from cardiofm.dicom.pacs import open_source
     from cardiofm.errors import ConfigError
     from cardiofm.pipeline.prepare import prepare_site
 
@@ -64,13 +64,19 @@ def prepare(
         spacing_mm=spacing_mm,
         segmenter_python=str(segmenter_python) if segmenter_python else None,
     )
-    source = _source(
-        dicomweb_url,
-        dimse,
-        _DimseOptions(dimse_mode, called_ae, calling_ae, move_ae, move_port, listen_address),
-        pacs_user,
-        pacs_password_env,
+    pacs = PacsParams(
+        dicomweb_url=dicomweb_url,
+        pacs_user=pacs_user,
+        pacs_password_env=pacs_password_env,
+        dimse=dimse,
+        dimse_mode=dimse_mode,
+        called_ae=called_ae,
+        calling_ae=calling_ae,
+        move_ae=move_ae,
+        move_port=move_port,
+        listen_address=listen_address,
     )
+    source = open_source(pacs, os.environ)  # the settings and the password are checked before anything starts
     err = Console(stderr=True)
     if source is not None:
         err.print(f"reading the studies from the PACS at {source.where}")
@@ -84,7 +90,7 @@ def prepare(
             split_seed=split_seed,
             test_fraction=test_fraction,
             on_case=lambda step, _case: bar.update(task, description=step, advance=1),
-            source=source,
+            pacs=pacs,
         )
     table = Table(title=f"prepare {site_dir.name}: {result.studies_in} studies in")
     for col in ("step", "in", "done", "quarantined", "seconds"):
@@ -101,64 +107,3 @@ def prepare(
     for q in result.quarantined:
         console.print(f"  quarantined {q['kind']} ({q['step']}): {q['reason']}")
     console.print(f"dataset: {out / 'manifest.json'}; reports: selection.json, quarantine.json")
-
-
-@dataclass(frozen=True)
-class _DimseOptions:
-    mode: str
-    called_ae: str
-    calling_ae: str
-    move_ae: str | None
-    move_port: int | None
-    listen_address: str
-
-
-def _source(
-    dicomweb_url: str | None,
-    dimse: str | None,
-    opts: _DimseOptions,
-    user: str | None,
-    password_env: str,
-) -> PacsSource | None:
-    """The PACS source named on the command line, or None for the site's local folder."""
-    import os
-
-    from cardiofm.dicom.pacs import DicomWebSource, DimseSource
-    from cardiofm.errors import ConfigError
-
-    if dicomweb_url and dimse:
-        raise ConfigError("give either --dicomweb-url or --dimse, not both")
-    if dicomweb_url:
-        password = os.environ.get(password_env) if user else None
-        if user and password is None:
-            raise ConfigError(
-                f"--pacs-user is set but the environment variable {password_env} (the password) is not; "
-                "export it, or name another variable with --pacs-password-env"
-            )
-        return DicomWebSource(dicomweb_url, username=user, password=password)
-    if user:
-        raise ConfigError("--pacs-user applies to --dicomweb-url only")
-    if dimse:
-        host, _, port = dimse.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--dimse {dimse!r} must be HOST:PORT, e.g. pacs.hospital.local:11112")
-        if opts.mode not in ("c-get", "c-move"):
-            raise ConfigError(f"--dimse-mode {opts.mode!r} must be c-get or c-move")
-        if opts.mode == "c-move" and opts.move_port is None:
-            raise ConfigError(
-                "--dimse-mode c-move needs --move-port: the local port the PACS sends the instances to "
-                "(register --move-ae with this host and port at the PACS)"
-            )
-        return DimseSource(
-            host,
-            int(port),
-            opts.called_ae,
-            calling_ae=opts.calling_ae,
-            mode="c-get" if opts.mode == "c-get" else "c-move",
-            move_destination_ae=opts.move_ae,
-            local_port=opts.move_port,
-            local_address=opts.listen_address,
-        )
-    if opts.move_port is not None or opts.move_ae is not None:
-        raise ConfigError("--move-ae and --move-port apply to --dimse --dimse-mode c-move only")
-    return None

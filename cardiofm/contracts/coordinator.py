@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cardiofm.contracts.env import ImageProfile, StepParams
 from cardiofm.errors import ConfigError, MissingResourceError
 
 CONFIG_FILE = "coordinator.json"
@@ -194,7 +195,7 @@ class CoordinatorConfig(BaseModel):
             raise ConfigError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
 
 
-class SiteJoinParams(BaseModel):
+class SiteJoinParams(StepParams):
     """What a site needs to join a federated run with its SuperNode.
 
     Attributes
@@ -228,7 +229,9 @@ class SiteJoinParams(BaseModel):
         Plain HTTP and no node key: loopback development only.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    step: ClassVar[str] = "site-join"
+    image: ClassVar[ImageProfile] = "trainer"
+    batch: ClassVar[bool] = False
 
     superlink: str
     ca_cert: Path | None = None
@@ -239,7 +242,7 @@ class SiteJoinParams(BaseModel):
     timeout_s: float = Field(12 * 3600.0, gt=0)
     grace_s: float = Field(8.0, ge=0)
     runtime_port: int = Field(9094, ge=1, le=65535)
-    node_config: dict[str, str | int | float | bool] = {}
+    node_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
     insecure_dev: bool = False
 
     @field_validator("superlink")
@@ -294,7 +297,7 @@ class SiteJoinParams(BaseModel):
                 raise MissingResourceError(f"{path} not found: it comes in the site bundle from the coordinator")
 
 
-class SitePseudolabelParams(BaseModel):
+class SitePseudolabelParams(StepParams):
     """The site's local step between the teacher stages and ``distill`` (``cardiofm site pseudolabel``).
 
     Attributes
@@ -311,7 +314,9 @@ class SitePseudolabelParams(BaseModel):
         Only these tasks' teachers; empty: every teacher found.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    step: ClassVar[str] = "site-pseudolabel"
+    image: ClassVar[ImageProfile] = "trainer"
+    batch: ClassVar[bool] = False
 
     dataset: Path
     work_dir: Path

@@ -1,83 +1,31 @@
-"""Typed parameters of every processing step, shared by the Airflow operator and the container.
+"""Typed parameters of every step a DAG runs, shared by the Airflow operator and the container.
 
-The operator writes a step's parameters into the container environment with :meth:`StepParams.to_env`
-(field ``margin_mm`` → variable ``MARGIN_MM``), the container reads them back with
-:meth:`StepParams.from_env`. Kaapana passes UI-form values as ``str(value)``, so lists and dicts may
-arrive as Python literals (``"['a', 'b']"``) as well as JSON; both are accepted.
+Each model is a :class:`~cardiofm.contracts.env.StepParams`: the operator writes it into the task's
+environment, ``cardiofm step <name>`` reads it back. :data:`STEPS` is the registry both sides use.
 """
 
 from __future__ import annotations
 
-import ast
-import json
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from cardiofm.contracts.coordinator import SiteJoinParams, SitePseudolabelParams
+from cardiofm.contracts.env import ImageProfile, StepParams
+from cardiofm.contracts.pacs import PacsParams
 from cardiofm.contracts.selection import SeriesRules
-from cardiofm.errors import ConfigError
+
+__all__ = ["STEPS", "ImageProfile", "StepParams"]
 
 
-class StepParams(BaseModel):
-    """Base of every step's parameters: frozen, no unknown fields, round-trips through env vars."""
+class StageStudiesParams(StepParams, PacsParams):
+    """``stage-studies``: one case folder per study, from the site's PACS folder, DICOMweb or DIMSE."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    step: ClassVar[str] = ""
-
-    def to_env(self) -> dict[str, str]:
-        """Environment variables for the container: scalars as text, structures as JSON, None as ``""``."""
-        env: dict[str, str] = {}
-        for name, value in self.model_dump(mode="json").items():
-            if value is None:
-                env[name.upper()] = ""
-            elif isinstance(value, (dict, list)):
-                env[name.upper()] = json.dumps(value)
-            else:
-                env[name.upper()] = str(value)
-        return env
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Self:
-        """Read the parameters from ``env``; unset variables keep their defaults.
-
-        Raises
-        ------
-        ConfigError
-            Naming the variable and what was wrong with it.
-        """
-        values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            var = name.upper()
-            if var not in env:
-                continue
-            try:
-                values[name] = _parse_env_value(env[var])
-            except ConfigError as exc:
-                raise ConfigError(f"step {cls.step}: environment variable {var}: {exc}") from exc
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            var = str(err["loc"][0]).upper() if err["loc"] else "?"
-            raise ConfigError(f"step {cls.step}: environment variable {var}: {err['msg']}") from exc
-
-
-def _parse_env_value(raw: str) -> Any:
-    """Empty → None; JSON or Python literals for structures; anything else stays text."""
-    text = raw.strip()
-    if text in ("", "None", "null"):
-        return None
-    if text[:1] in "[{(":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            try:
-                return ast.literal_eval(text)
-            except (ValueError, SyntaxError) as exc:
-                raise ConfigError(f"cannot parse {text[:60]!r} as a list or mapping") from exc
-    return raw
+    step: ClassVar[str] = "stage-studies"
+    #: The site's ``site.yaml`` (its site id names the cases; ``pacs.path`` is the local PACS folder).
+    site_config: str
+    #: Folder ``pacs.path`` is relative to; None: the folder of ``site_config``.
+    site_dir: str | None = None
 
 
 class SelectSeriesParams(StepParams):
@@ -106,6 +54,7 @@ class CropHeartParams(StepParams):
     """``crop-heart``: segment the heart, crop with a margin and resample to isotropic spacing."""
 
     step: ClassVar[str] = "crop-heart"
+    image: ClassVar[ImageProfile] = "segmenter"
     segmenter: Literal["fallback", "totalsegmentator"] = "fallback"
     margin_mm: float = Field(default=20.0, ge=0.0, le=100.0)
     spacing_mm: float = Field(default=1.0, gt=0.2, le=5.0)
@@ -132,11 +81,36 @@ class BuildDatasetParams(StepParams):
 
     step: ClassVar[str] = "build-dataset"
     dataset_dir: str
-    site_id: str = Field(default="site", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    #: The site's id in the manifest; None: the ``site_id`` of ``site_config``.
+    site_id: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    site_config: str | None = None
     test_fraction: float = Field(default=0.2, ge=0.0, le=0.9)
     split_seed: int = 0
 
 
-STEPS: dict[str, type[StepParams]] = {
-    p.step: p for p in (SelectSeriesParams, ConvertParams, CropHeartParams, ImportLabelsParams, BuildDatasetParams)
-}
+class PrepareReportParams(StepParams):
+    """``prepare-report``: the site's reports from every step's summary; the DICOM links removed."""
+
+    step: ClassVar[str] = "prepare-report"
+    #: The dataset folder (as build-dataset's ``dataset_dir``): the reports are written beside its manifest.
+    dataset_dir: str
+    #: Output folders of the chain's steps, in order (their ``summary.json`` files are read).
+    steps: list[str] = Field(default_factory=lambda: [p.step for p in PREPARE_CHAIN if p is not PrepareReportParams])
+    stage_dir: str = "stage-studies"
+    select_dir: str = "select-series"
+
+
+#: The preparation chain, in order; each step's output folder is named after it.
+PREPARE_CHAIN: tuple[type[StepParams], ...] = (
+    StageStudiesParams,
+    SelectSeriesParams,
+    ConvertParams,
+    CropHeartParams,
+    ImportLabelsParams,
+    BuildDatasetParams,
+    PrepareReportParams,
+)
+
+#: Every step ``cardiofm step <name>`` runs, by name.
+_ALL: tuple[type[StepParams], ...] = (*PREPARE_CHAIN, SitePseudolabelParams, SiteJoinParams)
+STEPS: dict[str, type[StepParams]] = {p.step: p for p in _ALL}

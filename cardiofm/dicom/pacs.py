@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.association import Association
 
+from cardiofm.contracts.pacs import PacsParams
 from cardiofm.dicom.index import hashed
 from cardiofm.errors import CardioFMError, ConfigError, ExternalToolError, InputDataError
 
@@ -485,3 +486,35 @@ def mirror_all(
     counts = (len(results), len(results) + len(failed), source.where, len(failed))
     logger.info("mirrored %d of %d studies from %s; %d failed", *counts)
     return MirrorAllResult(tuple(results), tuple(failed))
+
+
+def open_source(params: PacsParams, env: Mapping[str, str]) -> PacsSource | None:
+    """The PACS ``params`` name (None: the site's local folder); the DICOMweb password is read from ``env``.
+
+    Raises
+    ------
+    ConfigError
+        Contradictory settings, or a user without its password variable.
+    """
+    params.check()
+    if params.dicomweb_url:
+        password = env.get(params.pacs_password_env) if params.pacs_user else None
+        if params.pacs_user and password is None:
+            raise ConfigError(
+                f"--pacs-user is set but the environment variable {params.pacs_password_env} (the password) is not; "
+                "export it, or name another variable with --pacs-password-env (PACS_PASSWORD_ENV)"
+            )
+        return DicomWebSource(params.dicomweb_url, username=params.pacs_user, password=password)
+    if params.dimse:
+        host, port = params.dimse_host_port
+        return DimseSource(
+            host,
+            port,
+            params.called_ae,
+            calling_ae=params.calling_ae,
+            mode="c-move" if params.dimse_mode == "c-move" else "c-get",
+            move_destination_ae=params.move_ae,
+            local_port=params.move_port,
+            local_address=params.listen_address,
+        )
+    return None

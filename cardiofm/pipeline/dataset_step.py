@@ -16,9 +16,10 @@ from cardiofm.constants import MASK_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.dataset import CaseRecord, DatasetManifest, ManifestCase, SourceRef
 from cardiofm.contracts.kaapana import KaapanaContext
 from cardiofm.contracts.steps import BuildDatasetParams
+from cardiofm.errors import ConfigError
 from cardiofm.imaging.nifti import read_grid
 from cardiofm.labels.formats import read_landmarks_json
-from cardiofm.pipeline.case_steps import STUDY_FILE
+from cardiofm.pipeline.case_steps import STUDY_FILE, load_site_config
 from cardiofm.pipeline.runner import StepSummary, read_case_record, run_batch
 from cardiofm.pipeline.split import Split, assign_splits
 
@@ -60,8 +61,17 @@ def _copy_case(in_dir: Path, dest: Path, record: CaseRecord) -> ManifestCase:
     )
 
 
+def _site_id(params: BuildDatasetParams) -> str:
+    if params.site_id:
+        return params.site_id
+    if params.site_config:
+        return load_site_config(Path(params.site_config)).site_id
+    raise ConfigError("build-dataset needs SITE_ID or SITE_CONFIG (the site's site.yaml, which names the site)")
+
+
 def build_dataset(ctx: KaapanaContext, params: BuildDatasetParams) -> tuple[StepSummary, DatasetManifest]:
     """Copy every case of the batch into ``params.dataset_dir`` and write the manifest."""
+    site_id = _site_id(params)
     root = Path(params.dataset_dir)
     previous: dict[str, Split] = {}
     if (root / MANIFEST).is_file():
@@ -85,7 +95,7 @@ def build_dataset(ctx: KaapanaContext, params: BuildDatasetParams) -> tuple[Step
         frozen=previous,
     )
     manifest = DatasetManifest(
-        site_id=params.site_id,
+        site_id=site_id,
         created_with=f"cardiofm {__version__}",
         split_seed=params.split_seed,
         test_fraction=params.test_fraction,

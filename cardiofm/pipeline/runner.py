@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cardiofm import __version__
 from cardiofm.contracts.dataset import CaseRecord, StepRecord
@@ -32,6 +32,8 @@ CaseFunction = Callable[[Path, Path, P], list[str]]
 CASE_RECORD = "case.json"
 #: Written into a case's step output when the case is quarantined; later steps skip such cases.
 QUARANTINE_MARKER = "quarantine.json"
+#: A step's batch-level summary, in ``$WORKFLOW_DIR/$OPERATOR_OUT_DIR``.
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass
@@ -62,9 +64,25 @@ class StepSummary:
             "step": self.step,
             "in": self.total,
             "done": len(self.done),
+            "done_cases": sorted(self.done),
             "quarantined": [{"case": c, "reason": r} for c, r in sorted(self.quarantined.items())],
             "seconds": round(self.seconds, 2),
         }
+
+    def write(self, ctx: KaapanaContext) -> None:
+        """Write ``$WORKFLOW_DIR/$OPERATOR_OUT_DIR/summary.json``."""
+        ctx.step_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.step_dir / SUMMARY_FILE).write_text(json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepSummary:
+        """Read back what :meth:`to_json` wrote."""
+        return cls(
+            step=str(data["step"]),
+            done=[str(c) for c in data.get("done_cases", [])],
+            quarantined={str(q["case"]): str(q["reason"]) for q in data.get("quarantined", [])},
+            seconds=float(data.get("seconds", 0.0)),
+        )
 
 
 def params_sha256(params: StepParams) -> str:
@@ -160,8 +178,7 @@ def run_batch(
         if on_case is not None:
             on_case(case)
     summary.seconds = time.perf_counter() - start
-    ctx.step_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.step_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    summary.write(ctx)
     logger.info(
         "%s: %d in, %d done, %d quarantined (%.1f s)",
         params.step,

@@ -187,9 +187,10 @@ def test_invalid_settings_are_config_errors() -> None:
 
 
 @pytest.mark.slow
-def test_prepare_reads_a_site_from_dicomweb(orthanc: Pacs, tmp_path: Path) -> None:
+def test_prepare_reads_a_site_from_dicomweb(orthanc: Pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole chain on a site whose studies live only in the PACS: same choices as from the folder."""
     from cardiofm.contracts.federation import FederationRecord
+    from cardiofm.contracts.pacs import PacsParams
     from cardiofm.pipeline.prepare import prepare_site
 
     fed = tmp_path / "fed"
@@ -203,7 +204,9 @@ def test_prepare_reads_a_site_from_dicomweb(orthanc: Pacs, tmp_path: Path) -> No
             session.post(f"{orthanc.http}/instances", data=path.read_bytes(), timeout=10).raise_for_status()
     shutil.rmtree(site_dir / "pacs")  # the site folder now holds only site.yaml and annotations
 
-    result = prepare_site(site_dir, tmp_path / "out", source=_web(orthanc))
+    monkeypatch.setenv("CARDIOFM_TEST_PACS_PASSWORD", PASSWORD)
+    pacs = PacsParams(dicomweb_url=orthanc.dicomweb, pacs_user=USER, pacs_password_env="CARDIOFM_TEST_PACS_PASSWORD")
+    result = prepare_site(site_dir, tmp_path / "out", pacs=pacs)
 
     assert result.manifest is not None
     chosen = {c.source.study_uid: c.source.series_uid for c in result.manifest.cases}

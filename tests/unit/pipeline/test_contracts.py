@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import Field, ValidationError
 
+from cardiofm.contracts.coordinator import SiteJoinParams, SitePseudolabelParams
 from cardiofm.contracts.kaapana import KaapanaContext
 from cardiofm.contracts.selection import SeriesRules
 from cardiofm.contracts.steps import (
@@ -16,7 +18,9 @@ from cardiofm.contracts.steps import (
     ConvertParams,
     CropHeartParams,
     ImportLabelsParams,
+    PrepareReportParams,
     SelectSeriesParams,
+    StageStudiesParams,
     StepParams,
 )
 from cardiofm.errors import ConfigError
@@ -46,7 +50,42 @@ NON_DEFAULT: dict[str, StepParams] = {
         timeout_s=99.0,
     ),
     "import-labels": ImportLabelsParams(site_config="/site/site.yaml", site_dir="/site"),
-    "build-dataset": BuildDatasetParams(dataset_dir="/data/ds", site_id="site-07", test_fraction=0.5, split_seed=3),
+    "build-dataset": BuildDatasetParams(
+        dataset_dir="/data/ds", site_id="site-07", site_config="/site/site.yaml", test_fraction=0.5, split_seed=3
+    ),
+    "stage-studies": StageStudiesParams(
+        site_config="/site/site.yaml",
+        site_dir="/site",
+        dicomweb_url="https://pacs.example.org/dicom-web",
+        pacs_user="cardiofm",
+        pacs_password_env="SITE_PACS_PASSWORD",
+        dimse="pacs.example.org:11112",
+        dimse_mode="c-move",
+        called_ae="PACS",
+        calling_ae="CFM",
+        move_ae="CFM_MOVE",
+        move_port=11113,
+        listen_address="10.0.0.5",
+    ),
+    "prepare-report": PrepareReportParams(
+        dataset_dir="/data/ds", steps=["stage", "select"], stage_dir="stage", select_dir="select"
+    ),
+    "site-pseudolabel": SitePseudolabelParams(
+        dataset=Path("/data/ds"), work_dir=Path("/data/work"), teachers_dir=Path("/models"), tasks=("hinge", "calc")
+    ),
+    "site-join": SiteJoinParams(
+        superlink="coordinator.example.org:9443",
+        ca_cert=Path("/secrets/ca.pem"),
+        private_key=Path("/secrets/site.key"),
+        dataset=Path("/data/ds"),
+        work_dir=Path("/data/work"),
+        pinned_fab_sha256=["ab" * 32, "cd" * 32],
+        timeout_s=60.0,
+        grace_s=1.5,
+        runtime_port=9099,
+        node_config={"gpu": True, "site-name": "north", "workers": 2, "scale": 0.5},
+        insecure_dev=True,
+    ),
 }
 
 #: The smallest valid environment of each step (its required fields only).
@@ -56,6 +95,15 @@ REQUIRED_ENV: dict[str, dict[str, str]] = {
     "crop-heart": {},
     "import-labels": {"SITE_CONFIG": "/site/site.yaml"},
     "build-dataset": {"DATASET_DIR": "/data/ds"},
+    "stage-studies": {"SITE_CONFIG": "/site/site.yaml"},
+    "prepare-report": {"DATASET_DIR": "/data/ds"},
+    "site-pseudolabel": {"DATASET": "/data/ds", "WORK_DIR": "/data/work"},
+    "site-join": {
+        "SUPERLINK": "coordinator.example.org:9443",
+        "DATASET": "/data/ds",
+        "WORK_DIR": "/data/work",
+        "PINNED_FAB_SHA256": str(["ab" * 32]),
+    },
 }
 
 
@@ -287,3 +335,30 @@ def test_context_bad_dir_name_is_rejected(tmp_path: Path, var: str, value: str) 
     with pytest.raises(ConfigError) as info:
         KaapanaContext.from_env(_contract(tmp_path, **{var: value}))
     assert var in str(info.value)
+
+
+def test_partial_env_validates_a_dags_fixed_settings() -> None:
+    """A DAG sets some fields at parse time; a wrong name or value fails then, naming it."""
+    env = CropHeartParams.partial_env({"segmenter": "totalsegmentator", "margin_mm": 15})
+    assert env == {"SEGMENTER": "totalsegmentator", "MARGIN_MM": "15.0"}
+    assert CropHeartParams.from_env(env).margin_mm == 15.0
+    with pytest.raises(ConfigError, match=r"no parameter.*margin_cm"):
+        CropHeartParams.partial_env({"margin_cm": 2})
+    with pytest.raises(ConfigError, match="margin_mm"):
+        CropHeartParams.partial_env({"margin_mm": 500})
+    with pytest.raises(ConfigError, match="segmenter"):
+        CropHeartParams.partial_env({"segmenter": "magic"})
+    env = SiteJoinParams.partial_env({"pinned_fab_sha256": ["ab" * 32], "timeout_s": 7200})
+    assert env == {"PINNED_FAB_SHA256": json.dumps(["ab" * 32]), "TIMEOUT_S": "7200.0"}
+
+
+def test_contradictory_pacs_settings_name_option_and_variable() -> None:
+    from cardiofm.dicom.pacs import open_source
+
+    both = StageStudiesParams(site_config="s.yaml", dicomweb_url="http://pacs/dicom-web", dimse="pacs:104")
+    with pytest.raises(ConfigError, match=r"--dicomweb-url \(DICOMWEB_URL\).*not both"):
+        open_source(both, {})
+    no_password = StageStudiesParams(site_config="s.yaml", dicomweb_url="http://pacs/dicom-web", pacs_user="u")
+    with pytest.raises(ConfigError, match="CARDIOFM_PACS_PASSWORD"):
+        open_source(no_password, {})
+    assert open_source(StageStudiesParams(site_config="s.yaml"), {}) is None

@@ -75,10 +75,12 @@ def test_all_cases_done(tmp_path: Path) -> None:
     assert summary.quarantined == {}
     assert seen == ["c1", "c2"]
     assert (ctx.batch_dir / "c1" / "out" / "value.txt").read_text() == "a!"
+    assert StepSummary.from_json(read_summary(ctx)).done == summary.done
     assert read_summary(ctx) == {
         "step": "toy",
         "in": 2,
         "done": 2,
+        "done_cases": ["c1", "c2"],
         "quarantined": [],
         "seconds": pytest.approx(0, abs=5),
     }

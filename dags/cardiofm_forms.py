@@ -1,0 +1,51 @@
+"""Form fields and default arguments the cardiofm DAGs share (Kaapana's ``ui_forms`` JSON schemas).
+
+Every form key reaches every task of a run as an environment variable (``key.upper()``); each key is a
+field of the params model of at least one of the DAG's steps (:mod:`cardiofm.contracts.steps`), so the
+step that needs it reads it and the others ignore it. Relative paths are relative to the site's data
+root (``CARDIOFM_DATA_ROOT``: Kaapana's workflow-data volume in a cluster).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+SITE_CONFIG = {
+    "title": "Site configuration (site.yaml)",
+    "description": "The site's site.yaml: its id, PACS folder, label map and annotation files.",
+    "type": "string",
+    "default": "cardiofm/site/site.yaml",
+}
+DATASET_DIR = {
+    "title": "Site dataset folder",
+    "description": "Where the prepared dataset (manifest.json, cases/) is written; re-runs keep its split.",
+    "type": "string",
+    "default": "cardiofm/dataset",
+}
+WORK_DIR = {
+    "title": "Federation work folder",
+    "description": "The site's federation folder: received models, pseudo-labels, the SuperNode's log.",
+    "type": "string",
+    "default": "cardiofm/federation",
+}
+
+
+def workflow_form(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    """Kaapana's ``ui_forms`` for a DAG: the workflow form, and no dataset picker (the DAG reads the PACS)."""
+    return {
+        "workflow_form": {"type": "object", "properties": properties, "required": required},
+        "data_form": {},
+    }
+
+
+def default_args(forms: dict[str, Any]) -> dict[str, Any]:
+    """Kaapana's DAG conventions: visible in the UI, no automatic retry of a step that failed for a reason."""
+    return {
+        "ui_visible": True,
+        "ui_forms": forms,
+        "owner": "kaapana",
+        "start_date": datetime(2024, 1, 1),
+        "retries": 0,
+        "retry_delay": timedelta(seconds=30),
+    }

@@ -1,0 +1,50 @@
+"""``cardiofm-federated-join``: this site's SuperNode for one federated stage (``cardiofm site join``).
+
+The task ends when the coordinator's run ends, with the site's exit codes: 0 finished; 5 SuperNode refused
+or died (TLS, key, allowlist); 7 app bundle not pinned (nothing of it ran); 8 timeout; 2/6 invalid or missing
+inputs. Its TLS material comes from the site bundle (the ``cardiofm-site-bundle`` Secret in Kaapana).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.models import DAG
+
+from cardiofm_forms import DATASET_DIR, WORK_DIR, default_args, workflow_form
+from cardiofm_operators import step_task
+
+#: A stage of the paper's profile runs for hours; the SuperNode stops itself at TIMEOUT_S (exit 8) before this.
+TASK_TIMEOUT = timedelta(hours=49)
+
+FORM = workflow_form(
+    {
+        "superlink": {
+            "title": "Coordinator address (host:port)",
+            "description": "The coordinator's proxy, from the site bundle.",
+            "type": "string",
+        },
+        "pinned_fab_sha256": {
+            "title": "Approved app bundle (SHA-256)",
+            "description": "SHA-256 of the app bundle the consortium approved; any other bundle is refused.",
+            "type": "array",
+            "items": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+            "minItems": 1,
+        },
+        "dataset": DATASET_DIR,
+        "work_dir": WORK_DIR,
+        "timeout_s": {"title": "Give up after (s)", "type": "number", "default": 172800},
+    },
+    required=["superlink", "pinned_fab_sha256", "dataset", "work_dir"],
+)
+
+with DAG(
+    dag_id="cardiofm-federated-join",
+    default_args=default_args(FORM),
+    schedule=None,
+    max_active_runs=1,
+    catchup=False,
+    tags=["cardiofm"],
+    doc_md=__doc__,
+) as dag:
+    step_task(dag, "site-join", execution_timeout=TASK_TIMEOUT)

@@ -1,0 +1,63 @@
+"""``cardiofm-prepare``: one site's data preparation from its PACS (what ``cardiofm prepare`` runs).
+
+stage-studies → select-series → convert → crop-heart → import-labels → build-dataset → prepare-report.
+"""
+
+from __future__ import annotations
+
+from airflow.models import DAG
+
+from cardiofm_forms import DATASET_DIR, SITE_CONFIG, default_args, workflow_form
+from cardiofm_operators import step_task
+
+FORM = workflow_form(
+    {
+        "site_config": SITE_CONFIG,
+        "dataset_dir": DATASET_DIR,
+        "dicomweb_url": {
+            "title": "DICOMweb URL of the PACS",
+            "description": "Read the studies over DICOMweb (QIDO-RS/WADO-RS). Empty: DIMSE, or the site folder.",
+            "type": "string",
+            "default": "",
+        },
+        "pacs_user": {"title": "DICOMweb user", "type": "string", "default": ""},
+        "dimse": {
+            "title": "DIMSE PACS (host:port)",
+            "description": "Read the studies over DIMSE (C-FIND, then C-GET or C-MOVE) instead of DICOMweb.",
+            "type": "string",
+            "default": "",
+        },
+        "dimse_mode": {"title": "DIMSE retrieval", "type": "string", "enum": ["c-get", "c-move"], "default": "c-get"},
+        "called_ae": {"title": "PACS AE title", "type": "string", "default": "ORTHANC"},
+        "calling_ae": {"title": "Our AE title", "type": "string", "default": "CARDIOFM"},
+        "segmenter": {
+            "title": "Heart segmenter",
+            "type": "string",
+            "enum": ["totalsegmentator", "fallback"],
+            "default": "totalsegmentator",
+        },
+        "margin_mm": {"title": "Margin around the heart (mm)", "type": "number", "default": 20.0},
+        "spacing_mm": {"title": "Crop spacing (mm)", "type": "number", "default": 1.0},
+        "test_fraction": {"title": "Test share of the cases", "type": "number", "default": 0.2},
+        "split_seed": {"title": "Split seed", "type": "integer", "default": 0},
+    },
+    required=["site_config", "dataset_dir"],
+)
+
+with DAG(
+    dag_id="cardiofm-prepare",
+    default_args=default_args(FORM),
+    schedule=None,
+    max_active_runs=1,
+    catchup=False,
+    tags=["cardiofm"],
+    doc_md=__doc__,
+) as dag:
+    stage = step_task(dag, "stage-studies")
+    select = step_task(dag, "select-series", input_operator=stage)
+    convert = step_task(dag, "convert", input_operator=select)
+    crop = step_task(dag, "crop-heart", input_operator=convert)
+    labels = step_task(dag, "import-labels", input_operator=crop)
+    dataset = step_task(dag, "build-dataset", input_operator=labels)
+    report = step_task(dag, "prepare-report", input_operator=dataset, trigger_rule="all_done")
+    stage >> select >> convert >> crop >> labels >> dataset >> report
