@@ -21,6 +21,12 @@ FORM = workflow_form(
             "default": "",
         },
         "pacs_user": {"title": "DICOMweb user", "type": "string", "default": ""},
+        "pacs_password_env": {
+            "title": "Variable holding the DICOMweb password",
+            "description": "In Kaapana the 'password' of the cardiofm-pacs Secret arrives as CARDIOFM_PACS_PASSWORD.",
+            "type": "string",
+            "default": "CARDIOFM_PACS_PASSWORD",
+        },
         "dimse": {
             "title": "DIMSE PACS (host:port)",
             "description": "Read the studies over DIMSE (C-FIND, then C-GET or C-MOVE) instead of DICOMweb.",

@@ -24,6 +24,8 @@ from cardiofm_operators.step_operator_env import FIRST_INPUT_DIR, RESOURCES, Res
 KAAPANA_DATA_ROOT = "/kaapana/mounted/data"
 #: The Kubernetes Secret with the site bundle (``ca.pem``, ``site.key``); created by the site's admin.
 SITE_BUNDLE_SECRET = "cardiofm-site-bundle"
+#: The Kubernetes Secret with the PACS's DICOMweb password (key ``password``); optional.
+PACS_SECRET = "cardiofm-pacs"
 
 # written as image=f"..." on purpose: Kaapana's build script and DAG installer find the images by that text
 _IMAGES: dict[ImageProfile, dict[str, str]] = {
@@ -53,6 +55,12 @@ class CardiofmKaapanaOperator(KaapanaBaseOperator):
             {"input_operator": input_operator} if input_operator is not None else {"operator_in_dir": FIRST_INPUT_DIR}
         )
         network: dict[str, Any] = {}
+        if step == "stage-studies":
+            # the site's PACS may be outside the cluster; its DICOMweb password comes from a Secret (optional)
+            network = {
+                "labels": {"network-access-external-ips": "true"},
+                "secrets": [Secret("env", "CARDIOFM_PACS_PASSWORD", PACS_SECRET, "password", optional=True)],
+            }
         if step == "site-join":
             # the SuperNode connects out to the coordinator through the cluster's proxy; its TLS material comes
             # from the site bundle as env secrets (Kaapana's volume secrets name their volume "<secret>_volume",

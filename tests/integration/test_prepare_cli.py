@@ -256,3 +256,68 @@ def test_a_teacher_on_the_prepared_site_is_scored_against_the_phantom_truth(site
     assert scored["cases"] == 3
     # every case is scored against the generator's truth, also those the site never labelled
     assert scored["landmarks"]["pooled"]["n"] == 3 * 5
+
+
+REPO = Path(__file__).resolve().parents[2]
+#: Kaapana's Airflow (2.11, Python 3.12), built by `make airflow`; Airflow runs the DAG, the steps run here.
+AIRFLOW_PYTHON = REPO / ".venvs" / "airflow" / "bin" / "python"
+
+
+def run_dag(
+    dag_id: str, form: dict[str, object], scratch: Path, env: dict[str, str] | None = None
+) -> dict[str, object]:
+    """Run a DAG with ``dag.test()`` on the local backend; its task states (the test fails with the log if not ok)."""
+    assert AIRFLOW_PYTHON.is_file(), f"{AIRFLOW_PYTHON} not found: run `make airflow`"
+    scratch.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run(
+        [
+            str(AIRFLOW_PYTHON),
+            str(REPO / "tests" / "airflow" / "run_dag.py"),
+            dag_id,
+            json.dumps({"workflow_form": form}),
+        ],
+        env={
+            **os.environ,
+            **(env or {}),
+            "AIRFLOW_HOME": str(scratch / "airflow"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "PYTHONPATH": f"{REPO / 'operators'}:{REPO / 'dags'}",
+            "CARDIOFM_BACKEND": "local",
+            "CARDIOFM_PYTHON": sys.executable,
+            "CARDIOFM_WORKFLOWS_DIR": str(scratch / "workflows"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    result: dict[str, object] = json.loads(lines[-1])
+    result["log"] = run.stdout + run.stderr
+    return result
+
+
+def test_prepare_dag_on_the_local_backend_gives_the_folder_dataset(site: Site, tmp_path: Path) -> None:
+    """What a clinic admin triggers: Airflow runs cardiofm-prepare against the PACS; the same dataset as the CLI."""
+    form: dict[str, object] = {
+        "site_config": str(site.folderless / "site.yaml"),
+        "dataset_dir": str(tmp_path / "ds"),
+        "dicomweb_url": site.secure.dicomweb,
+        "pacs_user": USER,
+        "pacs_password_env": PASSWORD_ENV,
+        "segmenter": "fallback",
+    }
+    result = run_dag("cardiofm-prepare", form, tmp_path / "scratch", env={PASSWORD_ENV: PASSWORD})
+    tasks = result["tasks"]
+    assert isinstance(tasks, dict)
+    assert set(tasks.values()) == {"success"}, tasks
+    assert len(tasks) == 7
+    assert_same_dataset(site.folder_run, tmp_path / "ds")
+    summary = json.loads((tmp_path / "ds" / "prepare-summary.json").read_text())
+    assert (summary["in"], summary["prepared"], summary["quarantined"]) == (3, 3, 0)
+    log = str(result["log"])
+    assert PASSWORD not in log
+    for tree in (tmp_path / "ds", tmp_path / "scratch" / "workflows"):
+        assert_no_patient_identifier(tree, log, site.secure)
+    assert not list((tmp_path / "scratch" / "workflows").rglob("*.dcm"))  # mirror and DICOM links removed
