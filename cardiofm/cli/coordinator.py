@@ -158,6 +158,27 @@ def start(
         typer.echo(f"allowed site networks: {', '.join(cfg.allow)}")
 
 
+@app.command("serve")
+def serve(
+    work_dir: Path = typer.Option(Path("/state"), "--dir", help="State folder (a persistent volume in a cluster)."),
+    settings: Path = typer.Option(
+        Path("/etc/cardiofm/coordinator.yaml"), "--settings", help="Settings file: names, ports, allowlist, sites."
+    ),
+    tls_dir: Path = typer.Option(
+        Path("/etc/cardiofm/tls"), "--tls-dir", help="TLS secret files: ca.crt, tls.crt, tls.key."
+    ),
+) -> None:
+    """Run the coordinator in the foreground (a container's command) until SIGTERM; exit 5 if a process dies."""
+    import logging
+
+    from cardiofm.contracts.coordinator import CoordinatorSettings
+    from cardiofm.federated.serve import serve as run_serve
+
+    logging.getLogger("cardiofm").setLevel(logging.INFO)
+    run_serve(work_dir.resolve(), CoordinatorSettings.load(settings), tls_dir)
+    typer.echo("coordinator stopped")
+
+
 @app.command("run")
 def run(
     work_dir: Path = typer.Option(..., "--dir", help=DIR_HELP),

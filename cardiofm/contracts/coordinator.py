@@ -334,3 +334,45 @@ class SitePseudolabelParams(StepParams):
             raise MissingResourceError(
                 f"site dataset {self.dataset} has no manifest.json: build it with `cardiofm prepare`"
             )
+
+
+class SiteKeySetting(BaseModel):
+    """A site in a deployment's settings: its name and its OpenSSH ECDSA P-384 public key (the text)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_SITE.pattern)
+    public_key: str = Field(min_length=20)
+
+
+class CoordinatorSettings(BaseModel):
+    """A deployed coordinator's settings (``cardiofm coordinator serve --settings``; the chart's values).
+
+    Applied on every start: the proxy allowlist, ports and names are these; sites listed here are registered
+    and sites no longer listed are unregistered. The TLS material comes from a folder of Kubernetes TLS
+    secret files (``ca.crt``, ``tls.crt``, ``tls.key``), from an existing Secret or cert-manager.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dns_names: list[str] = Field(default_factory=list)
+    ip_addresses: list[str] = Field(default_factory=list)
+    fleet_port: int = Field(9443, ge=1, le=65535)
+    admin_port: int = Field(9093, ge=1, le=65535)
+    allow: list[str] = Field(min_length=1)
+    sites: list[SiteKeySetting] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        """Read a YAML or JSON settings file (ConfigError naming the first invalid setting)."""
+        import yaml
+
+        if not path.is_file():
+            raise MissingResourceError(f"coordinator settings {path} not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: must be a mapping of settings")
+        return _validated(cls, values)
