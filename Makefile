@@ -26,7 +26,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup deps segmenter airflow demo test lint typecheck unit dag-tests bench clean
+.PHONY: help setup deps segmenter airflow kaapana-files demo test lint typecheck unit dag-tests bench clean
 
 help:
 	@echo "make demo   - synthetic hospitals, the federated chain on loopback, evaluation tables (SEED=, SITES=, CASES=)"
@@ -55,14 +55,17 @@ $(SEG_STAMP): requirements/segmenter.txt pyproject.toml
 
 segmenter: $(SEG_STAMP)
 
-$(AF_STAMP): requirements/airflow.txt pyproject.toml
+$(AF_STAMP): requirements/airflow.txt
 	@test -n "$(AF_PYTHON)" || { echo "Python 3.12 not found (Kaapana's Airflow runs on it): install it or run make AF_PYTHON=/path/to/python3.12"; exit 1; }
 	@test -x $(AF_VENV)/bin/python || $(AF_PYTHON) -m venv $(AF_VENV)
 	$(AF_VENV)/bin/python -m pip install --quiet -r requirements/airflow.txt
-	$(AF_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
 airflow: $(AF_STAMP)
+
+# What the Kaapana extension's DAG-installer image copies (extensions/cardiofm-workflow/docker/files/).
+kaapana-files:
+	$(PYTHON) extensions/cardiofm-workflow/stage_files.py
 
 # Debian packages, installed only when missing (needs root or sudo, as on CI).
 $(APT_STAMP):
@@ -81,8 +84,8 @@ demo: $(STAMP) $(APT_STAMP)
 	$(BIN)/cardiofm demo --out demo-output --seed $(SEED) --sites $(SITES) --cases $(CASES)
 
 lint: $(STAMP)
-	$(BIN)/ruff check cardiofm operators dags tests bench
-	$(BIN)/ruff format --check cardiofm operators dags tests bench
+	$(BIN)/ruff check cardiofm operators dags extensions tests bench
+	$(BIN)/ruff format --check cardiofm operators dags extensions tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -92,7 +95,7 @@ unit: $(STAMP) $(SEG_STAMP) $(APT_STAMP) $(AF_STAMP)
 
 # DAG integrity and the operator contract, inside the Airflow environment (its own pytest config, so the
 # package tests' fixtures, which need cardiofm's full dependencies, are not loaded there).
-dag-tests: $(AF_STAMP)
+dag-tests: $(STAMP) $(AF_STAMP)
 	$(AF_VENV)/bin/python -m pytest -c tests/airflow/pytest.ini tests/airflow $(PYTEST_ARGS)
 
 test: lint typecheck dag-tests unit

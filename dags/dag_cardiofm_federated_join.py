@@ -21,21 +21,23 @@ FORM = workflow_form(
     {
         "superlink": {
             "title": "Coordinator address (host:port)",
-            "description": "The coordinator's proxy, from the site bundle.",
+            "description": "The coordinator's proxy, from the site bundle. Empty: the extension's install setting.",
             "type": "string",
+            "default": "",
         },
         "pinned_fab_sha256": {
             "title": "Approved app bundle (SHA-256)",
-            "description": "SHA-256 of the app bundle the consortium approved; any other bundle is refused.",
+            "description": "SHA-256 of the app bundle the consortium approved (any other is refused). Empty: the "
+            "extension's install setting.",
             "type": "array",
             "items": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-            "minItems": 1,
+            "default": [],
         },
         "dataset": DATASET_DIR,
         "work_dir": WORK_DIR,
         "timeout_s": {"title": "Give up after (s)", "type": "number", "default": 172800},
     },
-    required=["superlink", "pinned_fab_sha256", "dataset", "work_dir"],
+    required=["dataset", "work_dir"],
 )
 
 with DAG(

@@ -21,6 +21,9 @@ from cardiofm.contracts.steps import STEPS
 
 STEP_VAR = "CARDIOFM_STEP"
 DATA_ROOT_VAR = "CARDIOFM_DATA_ROOT"
+#: Install-time defaults (Kaapana's extension settings): ``CARDIOFM_DEFAULT_SUPERLINK`` fills ``SUPERLINK``
+#: when the run's form leaves it empty.
+DEFAULT_PREFIX = "CARDIOFM_DEFAULT_"
 
 app = typer.Typer(
     help=f"Run one step over a Kaapana workflow folder; with no name, the step named by ${STEP_VAR}.",
@@ -142,7 +145,17 @@ def _run(name: str) -> None:
         if not os.path.isdir(root):
             raise ConfigError(f"{DATA_ROOT_VAR}={root} is not a folder: mount the site's data folder there")
         os.chdir(root)
-    sys.exit(_RUNNERS[name](os.environ))
+    sys.exit(_RUNNERS[name](with_defaults(name, os.environ)))
+
+
+def with_defaults(name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with each of the step's variables that is unset or empty filled from ``CARDIOFM_DEFAULT_<VAR>``."""
+    filled = dict(env)
+    for var in STEPS[name].env_names():
+        default = env.get(DEFAULT_PREFIX + var, "").strip()
+        if default and not env.get(var, "").strip():
+            filled[var] = default
+    return filled
 
 
 def _command(name: str) -> None:

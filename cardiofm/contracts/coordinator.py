@@ -253,6 +253,14 @@ class SiteJoinParams(StepParams):
             raise ValueError(f"superlink {value!r} must be host:port (e.g. superlink.example.org:9443)")
         return value.strip()
 
+    @field_validator("pinned_fab_sha256", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        # an install dialog or a form gives one hash as text, several separated by commas or spaces
+        if isinstance(value, str):
+            return [part for part in value.replace(",", " ").split() if part]
+        return value
+
     @field_validator("pinned_fab_sha256")
     @classmethod
     def _hashes(cls, value: list[str]) -> list[str]:

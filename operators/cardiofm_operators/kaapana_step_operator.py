@@ -18,12 +18,20 @@ from kaapana.kubetools.secret import Secret
 from kaapana.operators.KaapanaBaseOperator import KaapanaBaseOperator
 
 from cardiofm.contracts.env import ImageProfile
-from cardiofm_operators.step_operator_env import FIRST_INPUT_DIR, RESOURCES, Resources, step_params
+from cardiofm_operators.step_operator_env import (
+    FIRST_INPUT_DIR,
+    INSTALL_TIME_SETTINGS,
+    RESOURCES,
+    Resources,
+    step_params,
+)
 
 #: The site's persistent data on Kaapana's workflow-data volume (relative paths in forms are relative to it).
 KAAPANA_DATA_ROOT = "/kaapana/mounted/data"
 #: The Kubernetes Secret with the site bundle (``ca.pem``, ``site.key``); created by the site's admin.
 SITE_BUNDLE_SECRET = "cardiofm-site-bundle"
+#: The extension's install-time settings (its chart renders it from Kaapana's extension dialog).
+SITE_SETTINGS_SECRET = "cardiofm-site-settings"
 #: The Kubernetes Secret with the PACS's DICOMweb password (key ``password``); optional.
 PACS_SECRET = "cardiofm-pacs"
 
@@ -71,6 +79,10 @@ class CardiofmKaapanaOperator(KaapanaBaseOperator):
                 "secrets": [
                     Secret("env", "CARDIOFM_CA_CERT_PEM", SITE_BUNDLE_SECRET, "ca.pem"),
                     Secret("env", "CARDIOFM_SITE_KEY_PEM", SITE_BUNDLE_SECRET, "site.key"),
+                    *(
+                        Secret("env", f"CARDIOFM_DEFAULT_{field.upper()}", SITE_SETTINGS_SECRET, field, optional=True)
+                        for field in INSTALL_TIME_SETTINGS[step]
+                    ),
                 ],
             }
         super().__init__(

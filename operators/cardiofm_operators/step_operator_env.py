@@ -49,6 +49,10 @@ RESOURCES: dict[ImageProfile, Resources] = {
     "trainer": Resources(ram_mem_mb=24000, gpu_mem_mb=20000, execution_timeout=timedelta(hours=48)),
 }
 
+#: Step fields the Kaapana extension's install-time settings may fill (a run's form still takes precedence);
+#: they arrive as ``CARDIOFM_DEFAULT_<FIELD>`` and ``cardiofm step`` uses them for empty fields.
+INSTALL_TIME_SETTINGS: dict[str, tuple[str, ...]] = {"site-join": ("superlink", "pinned_fab_sha256")}
+
 _TASK_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 

@@ -1,7 +1,8 @@
 """Run one cardiofm DAG with ``dag.test()`` in the Airflow environment; print its task states as JSON.
 
 Usage: ``.venvs/airflow/bin/python tests/airflow/run_dag.py DAG_ID CONF_JSON``, with ``AIRFLOW_HOME`` set to a
-scratch folder and ``PYTHONPATH`` holding ``operators`` and ``dags``. Exit 0 when the run succeeded, 1 when not.
+scratch folder and ``PYTHONPATH`` holding the repository root, ``operators`` and ``dags``. Exit 0 when the run
+succeeded, 1 when not.
 Used by the integration tests (which run in cardiofm's own environment, beside the real PACS) so that
 Airflow itself runs the DAGs, as in a clinic.
 """

@@ -281,7 +281,7 @@ def run_dag(
             **(env or {}),
             "AIRFLOW_HOME": str(scratch / "airflow"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "PYTHONPATH": f"{REPO / 'operators'}:{REPO / 'dags'}",
+            "PYTHONPATH": f"{REPO}:{REPO / 'operators'}:{REPO / 'dags'}",
             "CARDIOFM_BACKEND": "local",
             "CARDIOFM_PYTHON": sys.executable,
             "CARDIOFM_WORKFLOWS_DIR": str(scratch / "workflows"),
