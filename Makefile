@@ -80,8 +80,9 @@ $(APT_STAMP):
 deps: $(APT_STAMP)
 
 # The demo's coordinator runs the allowlisting proxy (Debian's nginx, from the Debian packages above).
-demo: $(STAMP) $(APT_STAMP)
-	$(BIN)/cardiofm demo --out demo-output --seed $(SEED) --sites $(SITES) --cases $(CASES)
+# Airflow runs each site's preparation and pseudo-labelling as its DAG (local backend), as a clinic admin triggers them.
+demo: $(STAMP) $(APT_STAMP) $(AF_STAMP)
+	$(BIN)/cardiofm demo --out demo-output --seed $(SEED) --sites $(SITES) --cases $(CASES) --airflow-python $(AF_VENV)/bin/python
 
 lint: $(STAMP)
 	$(BIN)/ruff check cardiofm operators dags extensions tests bench

@@ -17,6 +17,13 @@ FORM = workflow_form(
             "type": "string",
             "default": "",
         },
+        "tasks": {
+            "title": "Tasks (optional)",
+            "description": "Only these tasks' teachers; empty: every teacher found.",
+            "type": "array",
+            "items": {"type": "string"},
+            "default": [],
+        },
     },
     required=["dataset", "work_dir"],
 )

@@ -1,10 +1,10 @@
 """Run one cardiofm DAG with ``dag.test()`` in the Airflow environment; print its task states as JSON.
 
-Usage: ``.venvs/airflow/bin/python tests/airflow/run_dag.py DAG_ID CONF_JSON``, with ``AIRFLOW_HOME`` set to a
-scratch folder and ``PYTHONPATH`` holding the repository root, ``operators`` and ``dags``. Exit 0 when the run
-succeeded, 1 when not.
-Used by the integration tests (which run in cardiofm's own environment, beside the real PACS) so that
-Airflow itself runs the DAGs, as in a clinic.
+Usage: ``.venvs/airflow/bin/python operators/run_dag.py DAG_ID CONF_JSON``, with ``AIRFLOW_HOME`` set to a
+scratch folder and ``PYTHONPATH`` holding the repository root, ``operators`` and ``dags``; ``CARDIOFM_BACKEND``
+names the backend (``local`` here: every step a subprocess in cardiofm's own environment). Exit 0 when the run
+succeeded, 1 when not. ``cardiofm demo`` and the integration tests start it through
+:mod:`cardiofm.pipeline.dag_runner`, so that Airflow itself runs the DAGs, as in a clinic.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 
 def main(dag_id: str, conf: str) -> int:

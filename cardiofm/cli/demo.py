@@ -1,7 +1,8 @@
 """``cardiofm demo``: the whole product on the embedded default, on a synthetic federation.
 
-1. generate the synthetic hospitals and prepare every site's dataset with the same steps a Kaapana
-   DAG runs (series selection, conversion, heart crop, label import);
+1. generate the synthetic hospitals and prepare every site's dataset: with ``--airflow-python`` (``make demo``)
+   Airflow runs each site's ``cardiofm-prepare`` DAG on the local backend, as a clinic admin triggers it;
+   without, the same steps run in this process (series selection, conversion, heart crop, label import);
 2. on loopback, a real coordinator (CA, site keys, SuperLink with TLS and node authentication behind
    the allowlisting proxy) and one ``cardiofm site join`` SuperNode per site, pinned to the app
    bundle's hash: local-only teachers, federated teachers, local pseudo-labels at every site,
@@ -25,9 +26,11 @@ import typer
 from rich.console import Console
 
 from cardiofm.errors import CardioFMError
+from cardiofm.pipeline.dag_runner import LocalAirflow
 
 if TYPE_CHECKING:
     from cardiofm.contracts.federation import FederationRecord
+    from cardiofm.pipeline.report_step import PrepareResult
 from rich.progress import Progress
 from rich.table import Table
 
@@ -39,17 +42,25 @@ def demo(
     cases: int = typer.Option(6, "--cases", envvar="CASES", min=1, help="Studies per hospital."),
     rounds: int = typer.Option(2, "--rounds", min=1, help="Rounds of every federated stage."),
     local_steps: int = typer.Option(3, "--local-steps", min=1, help="Training steps per site and round."),
+    airflow_python: Path | None = typer.Option(
+        None,
+        "--airflow-python",
+        envvar="CARDIOFM_AIRFLOW_PYTHON",
+        help="Airflow's Python (make airflow): each site's preparation and pseudo-labelling run as its DAGs.",
+    ),
 ) -> None:
     """Run the demo: synthetic hospitals, their datasets, the federated chain on loopback, and its evaluation."""
     from cardiofm.constants import DOWNSTREAM_TASKS, TASKS
     from cardiofm.phantoms.federation import FederationSettings, generate_federation
     from cardiofm.phantoms.summary import summary_rows, summary_table
-    from cardiofm.pipeline.prepare import prepare_site
 
     label_columns = (*TASKS, *DOWNSTREAM_TASKS)
     console = Console(width=max(Console().width, 150))
     err = Console(stderr=True)
     start = time.perf_counter()
+    airflow = LocalAirflow(airflow_python, out / "airflow") if airflow_python else None
+    if airflow is not None:
+        airflow.check()
     settings = FederationSettings(sites=sites, cases_per_site=cases, seed=seed)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("generating synthetic hospitals", total=sites * cases)
@@ -57,7 +68,8 @@ def demo(
     console.print(summary_table(record))
     t_generate = time.perf_counter() - start
 
-    table = Table(title="Site data preparation (select → convert → crop heart → import labels)")
+    how = "the cardiofm-prepare DAG in Airflow" if airflow else "cardiofm prepare"
+    table = Table(title=f"Site data preparation (select → convert → crop heart → import labels), by {how}")
     for col in ("site", "in", "prepared", "quarantined", "series correct", *label_columns, "train/test", "seconds"):
         table.add_column(col, justify="left" if col == "site" else "right")
     prepared: list[dict[str, object]] = []
@@ -65,7 +77,7 @@ def demo(
         task = bar.add_task("preparing sites", total=sites)
         for site in record.sites:
             t0 = time.perf_counter()
-            result = prepare_site(out / "federation" / site.folder, out / "datasets" / site.site_id)
+            result = prepare_one_site(out / "federation" / site.folder, out / "datasets" / site.site_id, airflow)
             seconds = time.perf_counter() - t0
             manifest = result.manifest
             truth = {s.study_uid: s.correct_series_uid for s in site.studies}
@@ -99,7 +111,7 @@ def demo(
     console.print(table)
     t_prepare = time.perf_counter() - start - t_generate
     try:
-        outcome = run_federated_demo(out, record, console, err, seed, rounds, local_steps)
+        outcome = run_federated_demo(out, record, console, err, seed, rounds, local_steps, airflow)
     except CardioFMError as exc:
         err.print(f"[bold red]demo failed:[/] {exc}")
         tail = getattr(exc, "log_tail", "")
@@ -123,6 +135,19 @@ def demo(
     console.print(f"[bold]total {seconds / 60:.1f} min[/]; results in {out / 'results.json'}")
 
 
+def prepare_one_site(site_dir: Path, dataset: Path, airflow: LocalAirflow | None) -> PrepareResult:
+    """A site's preparation: its cardiofm-prepare DAG run by Airflow, or the same steps in this process."""
+    from cardiofm.pipeline.dag_runner import run_dag
+    from cardiofm.pipeline.prepare import prepare_site
+    from cardiofm.pipeline.report_step import read_prepare_result
+
+    if airflow is None:
+        return prepare_site(site_dir, dataset)
+    form = {"site_config": str(site_dir / "site.yaml"), "dataset_dir": str(dataset), "segmenter": "fallback"}
+    run_dag(airflow, "cardiofm-prepare", form, name=f"prepare-{dataset.name}")
+    return read_prepare_result(dataset)
+
+
 @dataclass(frozen=True)
 class _Outcome:
     """What the federated part of the demo hands back to the CLI: results, federation facts, seconds per phase."""
@@ -140,6 +165,7 @@ def run_federated_demo(
     seed: int,
     rounds: int,
     local_steps: int,
+    airflow: LocalAirflow | None = None,
 ) -> _Outcome:
     """The chain on a loopback federation, then the evaluation tables; raises on any failed stage."""
     from cardiofm.constants import TASKS
@@ -151,7 +177,7 @@ def run_federated_demo(
     datasets = {name: path for name, path in datasets.items() if (path / "manifest.json").is_file()}
     training = [s.site_id for s in record.sites if not s.held_out and s.site_id in datasets]
     heldout = [s.site_id for s in record.sites if s.held_out and s.site_id in datasets]
-    settings = ChainSettings(num_rounds=rounds, local_steps=local_steps, seed=seed)
+    settings = ChainSettings(num_rounds=rounds, local_steps=local_steps, seed=seed, airflow=airflow)
     began = time.perf_counter()
     with Progress(console=err, transient=True) as bar:
         step = bar.add_task("starting the coordinator (CA, site keys, SuperLink, proxy)", total=None)

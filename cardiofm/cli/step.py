@@ -66,7 +66,7 @@ def _batch_step(name: str) -> Callable[[Mapping[str, str]], int]:
             result = prepare_report(ctx, params)  # type: ignore[arg-type]
             n_q = sum(1 for q in result.quarantined if q["kind"] == "study")
             typer.echo(f"{name}: {result.studies_in} in = {result.prepared} prepared + {n_q} quarantined")
-            return 0 if result.balanced else 3
+            return result.exit_code()
         else:
             work = {
                 "select-series": case_steps.select_case,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -84,15 +84,23 @@ class StepParams(BaseModel):
             if var not in env:
                 continue
             try:
-                values[name] = _parse_env_value(env[var])
+                value = _parse_env_value(env[var])
             except ConfigError as exc:
                 raise ConfigError(f"step {cls.step}: environment variable {var}: {exc}") from exc
+            field = cls.model_fields[name]
+            if not env[var].strip() and not field.is_required() and not _accepts_none(field.annotation):
+                continue  # an untouched form field (empty) of a list or number: the field's default
+            values[name] = value
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             err = exc.errors()[0]
             var = str(err["loc"][0]).upper() if err["loc"] else "?"
             raise ConfigError(f"step {cls.step}: environment variable {var}: {err['msg']}") from exc
+
+
+def _accepts_none(annotation: Any) -> bool:
+    return annotation is None or type(None) in get_args(annotation)
 
 
 def _env_text(value: Any) -> str:

@@ -39,6 +39,7 @@ from cardiofm.federated import pki, superlink
 from cardiofm.federated.fab import write_app_dir
 from cardiofm.federated.flwr_cli import STATUS_COMPLETED, FlwrCli, fab_sha256, venv_bin
 from cardiofm.federated.supernode import exit_on_signals
+from cardiofm.pipeline.dag_runner import LocalAirflow
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +256,19 @@ def pseudolabel_command(site: LoopbackSite, tasks: Sequence[str]) -> list[str]:
     return cmd
 
 
-def pseudolabel_sites(sites: Sequence[LoopbackSite], tasks: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Every site runs its pseudo-label command (in parallel, one thread each); site → task → cases.
+def pseudolabel_sites(
+    sites: Sequence[LoopbackSite], tasks: Sequence[str], airflow: LocalAirflow | None = None
+) -> dict[str, dict[str, int]]:
+    """Every site runs its pseudo-label command, or its DAG in Airflow (in parallel); site → task → cases.
 
     Raises
     ------
     ExternalToolError
-        If a site's command fails, with its exit code and output tail.
+        If a site's command or DAG fails, with its exit code and output tail.
     """
-    from cardiofm.federated.task import PSEUDO_DIR, TEACHERS_FILE
+    if airflow is not None:
+        _pseudolabel_dags(sites, tasks, airflow)
+        return {site.name: _pseudo_counts(site, tasks) for site in sites}
 
     logs = {site.name: site.work_dir.parent / f"pseudolabel-{site.name}.log" for site in sites}
     procs = []
@@ -284,9 +289,29 @@ def pseudolabel_sites(sites: Sequence[LoopbackSite], tasks: Sequence[str]) -> di
         if code != 0:
             tail = logs[site.name].read_text(errors="replace")[-2000:]
             raise ExternalToolError(f"site {site.name}: `cardiofm site pseudolabel` exited with {code}:\n{tail}")
-        record = json.loads((site.work_dir / PSEUDO_DIR / TEACHERS_FILE).read_text())
-        counts[site.name] = {t: int(record[t]["cases"]) for t in tasks if t in record}
+        counts[site.name] = _pseudo_counts(site, tasks)
     return counts
+
+
+def _pseudo_counts(site: LoopbackSite, tasks: Sequence[str]) -> dict[str, int]:
+    from cardiofm.federated.task import PSEUDO_DIR, TEACHERS_FILE
+
+    record = json.loads((site.work_dir / PSEUDO_DIR / TEACHERS_FILE).read_text())
+    return {t: int(record[t]["cases"]) for t in tasks if t in record}
+
+
+def _pseudolabel_dags(sites: Sequence[LoopbackSite], tasks: Sequence[str], airflow: LocalAirflow) -> None:
+    """Each site's cardiofm-pseudolabel DAG, one Airflow run per site, in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cardiofm.pipeline.dag_runner import run_dag
+
+    def one(site: LoopbackSite) -> None:
+        form = {"dataset": str(site.dataset), "work_dir": str(site.work_dir), "tasks": list(tasks)}
+        run_dag(airflow, "cardiofm-pseudolabel", form, name=f"pseudolabel-{site.name}", env=_single_threaded_env())
+
+    with ThreadPoolExecutor(max_workers=len(sites) or 1) as pool:
+        list(pool.map(one, sites))
 
 
 def join_command(fed: LoopbackFederation, site: LoopbackSite, timeout_s: float) -> list[str]:
@@ -501,6 +526,8 @@ class ChainSettings:
         Base seed of every stage and local teacher.
     stage_timeout_s
         Limit of one federated run.
+    airflow
+        Where Airflow runs the sites' DAGs; None: the sites run their commands directly.
     """
 
     num_rounds: int = 2
@@ -514,6 +541,8 @@ class ChainSettings:
     student_num_heads: tuple[int, int, int, int] = (1, 1, 1, 1)
     seed: int = 0
     stage_timeout_s: float = 1800.0
+    #: Airflow runs each site's pseudo-labelling as its ``cardiofm-pseudolabel`` DAG (None: the site command).
+    airflow: LocalAirflow | None = None
 
     def run_config(self, stage: str, out_dir: Path, **extra: object) -> FederatedRunConfig:
         """The stage's run config (``extra``: further fields, e.g. ``tasks`` or ``init_checkpoint``)."""
@@ -656,7 +685,7 @@ def run_chain(
 
     began = time.monotonic()
     notify("local pseudo-labels at every site")
-    for site, counts in pseudolabel_sites(fed.sites, tasks).items():
+    for site, counts in pseudolabel_sites(fed.sites, tasks, settings.airflow).items():
         for task, n in counts.items():
             result.pseudo_labelled.setdefault(task, {})[site] = n
     _timed(result.seconds, "pseudo-labels", began)

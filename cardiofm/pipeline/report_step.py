@@ -17,7 +17,7 @@ from pathlib import Path
 from cardiofm.contracts.dataset import DatasetManifest
 from cardiofm.contracts.kaapana import KaapanaContext
 from cardiofm.contracts.steps import PrepareReportParams
-from cardiofm.errors import InputDataError
+from cardiofm.errors import EXIT_OK, EXIT_SKIP, InputDataError
 from cardiofm.pipeline.runner import SUMMARY_FILE, StepSummary
 from cardiofm.pipeline.stage_step import MIRROR_DIR, STUDIES_FILE
 
@@ -37,6 +37,36 @@ class PrepareResult:
         """In = prepared + quarantined (studies only; unreadable files are listed separately)."""
         studies_q = sum(1 for q in self.quarantined if q["kind"] == "study")
         return self.studies_in == self.prepared + studies_q
+
+    def exit_code(self) -> int:
+        """0 when at least one study was prepared (and the counts balance), 126 for a PACS with no study, else 3.
+
+        So a run whose every study was quarantined fails (its reports are written all the same).
+        """
+        if not self.balanced:
+            return InputDataError.exit_code
+        if self.prepared:
+            return EXIT_OK
+        return EXIT_SKIP if self.studies_in == 0 else InputDataError.exit_code
+
+
+def read_prepare_result(dataset_dir: Path) -> PrepareResult:
+    """The result of a preparation from the reports it wrote (a DAG run's, read back by the caller)."""
+    summary = _read_json(dataset_dir / "prepare-summary.json", "prepare-summary.json")
+    manifest_path = dataset_dir / "manifest.json"
+    manifest = DatasetManifest.model_validate_json(manifest_path.read_text()) if manifest_path.is_file() else None
+    return PrepareResult(
+        studies_in=int(summary["in"]),
+        prepared=int(summary["prepared"]),
+        quarantined=list(_read_json_list(dataset_dir / "quarantine.json")),
+        steps=[StepSummary.from_json(s) for s in summary["steps"]],
+        manifest=manifest,
+    )
+
+
+def _read_json_list(path: Path) -> list[dict[str, str]]:
+    data: list[dict[str, str]] = json.loads(path.read_text()) if path.is_file() else []
+    return data
 
 
 def _read_json(path: Path, what: str) -> dict:  # type: ignore[type-arg]

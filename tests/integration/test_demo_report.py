@@ -142,6 +142,7 @@ def test_demo_cli_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     cmd = [str(Path(sys.executable).parent / "cardiofm"), "demo", "--out", str(out)]
     cmd += ["--sites", "3", "--cases", "2", "--rounds", "1", "--local-steps", "1", "--seed", "1"]
+    cmd += ["--airflow-python", str(Path(__file__).resolve().parents[2] / ".venvs" / "airflow" / "bin" / "python")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, check=False, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -154,5 +155,10 @@ def test_demo_cli_writes_results(tmp_path: Path) -> None:
     assert all(s.startswith("teacher:") for s in stages[:-2])
     assert saved["results"]["student_finetuned"]["landmarks"]["heldout_sites"]["n_cases"] == 2
     assert "total" in saved["seconds"]
+    # Airflow ran each site's preparation and pseudo-labelling DAG (its workflow folders are Kaapana's layout)
+    for site in ("site-01", "site-02", "site-03"):
+        assert list((out / "airflow" / f"prepare-{site}" / "workflows").glob("*/build-dataset/summary.json"))
+        assert list((out / "airflow" / f"pseudolabel-{site}" / "workflows").iterdir())
+    assert "cardiofm-prepare DAG in Airflow" in proc.stdout
     for task in TASKS:
         assert task in proc.stdout

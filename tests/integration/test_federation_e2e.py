@@ -36,6 +36,7 @@ from cardiofm.contracts.federated_run import SiteNodeConfig
 from cardiofm.federated.fab import build_fab, write_app_dir
 from cardiofm.federated.flwr_cli import format_config
 from cardiofm.phantoms.federation import FederationSettings, generate_federation
+from cardiofm.pipeline.dag_runner import LocalAirflow, run_dag
 from cardiofm.pipeline.prepare import prepare_site
 from cardiofm.training.checkpoint import load_checkpoint
 
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 CARDIOFM = str(BIN / "cardiofm")
+AIRFLOW_PYTHON = Path(__file__).resolve().parents[2] / ".venvs" / "airflow" / "bin" / "python"
 CONNECTION = "e2e"
 RUN_TIMEOUT_S = 300.0
 #: Each ``flwr ls`` starts a Python process; polling more often only takes CPU from the federation.
@@ -315,17 +317,25 @@ def test_teacher_pseudolabel_distill_finetune_evaluate_over_loopback(federation:
     fab = build_fab(tmp_path / "fab", Path(fed.env["FLWR_HOME"]))
     assert info["fab-hash"] == fab.sha256  # the bundle sites pin is the one that ran
 
-    for site in fed.sites:  # also the sites without labels: they learn from the teacher's pseudo-labels
-        # the site's own command, as its admin (or its Kaapana DAG) runs it, on the work dir it joined with
-        run = subprocess.run(
-            [CARDIOFM, "site", "pseudolabel", "--data", str(site.dataset), "--work-dir", str(site.work_dir)],
-            env={**os.environ, "OMP_NUM_THREADS": "1"},  # as the SuperNodes: no thread contention on a shared CPU
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
+    airflow = LocalAirflow(python=AIRFLOW_PYTHON, scratch=tmp_path / "airflow")
+    for n, site in enumerate(fed.sites):  # also the sites without labels: they learn from the teacher's pseudo-labels
+        single = {"OMP_NUM_THREADS": "1"}  # as the SuperNodes: no thread contention on a shared CPU
+        if n == 0:
+            # the first site's admin triggers the cardiofm-pseudolabel DAG: Airflow runs the same site step
+            form = {"dataset": str(site.dataset), "work_dir": str(site.work_dir)}
+            dag = run_dag(airflow, "cardiofm-pseudolabel", form, name=f"site-{n}", env=single, timeout_s=600)
+            assert dag.tasks == {"site-pseudolabel": "success"}
+        else:
+            # the others run the site's own command, on the work dir they joined with
+            run = subprocess.run(
+                [CARDIOFM, "site", "pseudolabel", "--data", str(site.dataset), "--work-dir", str(site.work_dir)],
+                env={**os.environ, **single},
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            assert run.returncode == 0, run.stderr[-3000:]
         record = json.loads((site.work_dir / "pseudo-labels" / "teachers.json").read_text())
         assert record["landmarks"]["cases"] == CASES_PER_SITE
         assert len(list((site.work_dir / "pseudo-labels" / "landmarks").glob("*.npz"))) == CASES_PER_SITE

@@ -503,3 +503,65 @@ def test_unpinned_app_is_refused_before_any_of_it_runs(
     # the bundle was never unpacked at the site, and the refusal went back as an error reply
     assert not list((site.work / "flwr-home").rglob("probe_client.py"))
     assert site.supernode_log.index("REFUSED") < site.supernode_log.rindex("Sent successfully")
+
+
+# -- the same join, as Kaapana's cardiofm-federated-join DAG runs it -------------------------------------
+AIRFLOW_PYTHON = Path(__file__).resolve().parents[2] / ".venvs" / "airflow" / "bin" / "python"
+
+
+def test_join_dag_runs_the_pinned_app_and_fails_with_the_sites_code(federation: Federation, tmp_path: Path) -> None:
+    """Airflow runs the join task (local backend) with the site bundle as env secrets, as Kaapana's pods get it.
+
+    site-a pinned the bundle the coordinator ships: its task succeeds when the run ends; site-b pinned another
+    release: its task fails, saying exit code 7 (UntrustedAppError), and nothing of the bundle ran there.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cardiofm.pipeline.dag_runner import LocalAirflow, run_dag
+
+    airflow = LocalAirflow(python=AIRFLOW_PYTHON, scratch=tmp_path / "airflow")
+    (tmp_path / "dataset").mkdir()
+
+    def join(site: str, pin: str) -> object:
+        form = {
+            "superlink": federation.address,
+            "pinned_fab_sha256": [pin],
+            "dataset": str(tmp_path / "dataset"),
+            "work_dir": str(tmp_path / site),
+            "timeout_s": 90,
+            "runtime_port": _free_port(),
+        }
+        secrets = {
+            "CARDIOFM_CA_CERT_PEM": federation.ca.read_text(),
+            "CARDIOFM_SITE_KEY_PEM": federation.keys[site].read_text(),
+        }
+        try:
+            return run_dag(airflow, "cardiofm-federated-join", form, name=site, env=secrets, timeout_s=300)
+        except ExternalToolError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a = pool.submit(join, "site-a", federation.fab_sha256)
+        b = pool.submit(join, "site-b", "0" * 64)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = _node_status(federation)
+            if all(status.get(federation.node_id(s)) == "online" for s in ("site-a", "site-b")):
+                break
+            assert not a.done(), a.result()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the DAGs' SuperNodes did not come online")
+        run = subprocess.run(_coordinator_run(federation), capture_output=True, text=True, timeout=90, check=False)
+        outcome_a, outcome_b = a.result(timeout=300), b.result(timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert not isinstance(outcome_a, Exception), getattr(outcome_a, "log_tail", outcome_a)
+    assert outcome_a.tasks == {"site-join": "success"}  # type: ignore[attr-defined]
+    assert (tmp_path / "site-a" / DONE_MARKER_NAME).is_file()
+    assert isinstance(outcome_b, ExternalToolError)
+    assert "site-join failed" in str(outcome_b)
+    assert "exit code 7: UntrustedAppError" in outcome_b.log_tail
+    assert not (tmp_path / "site-b" / DONE_MARKER_NAME).exists()
+    # the key given as an env secret was written for the SuperNode only: not into the site's work folder
+    key_text = federation.keys["site-a"].read_text().strip()
+    assert not [p for p in (tmp_path / "site-a").rglob("*") if p.is_file() and key_text in p.read_text(errors="ignore")]

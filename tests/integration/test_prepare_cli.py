@@ -28,6 +28,7 @@ from cardiofm.errors import ConfigError, ExternalToolError
 from cardiofm.imaging.nifti import load_nifti
 from cardiofm.phantoms.federation import FederationSettings, generate_federation
 from cardiofm.phantoms.scanners import StudySize
+from cardiofm.pipeline.dag_runner import LocalAirflow, run_dag
 
 pytestmark = pytest.mark.integration
 
@@ -258,44 +259,8 @@ def test_a_teacher_on_the_prepared_site_is_scored_against_the_phantom_truth(site
     assert scored["landmarks"]["pooled"]["n"] == 3 * 5
 
 
-REPO = Path(__file__).resolve().parents[2]
 #: Kaapana's Airflow (2.11, Python 3.12), built by `make airflow`; Airflow runs the DAG, the steps run here.
-AIRFLOW_PYTHON = REPO / ".venvs" / "airflow" / "bin" / "python"
-
-
-def run_dag(
-    dag_id: str, form: dict[str, object], scratch: Path, env: dict[str, str] | None = None
-) -> dict[str, object]:
-    """Run a DAG with ``dag.test()`` on the local backend; its task states (the test fails with the log if not ok)."""
-    assert AIRFLOW_PYTHON.is_file(), f"{AIRFLOW_PYTHON} not found: run `make airflow`"
-    scratch.mkdir(parents=True, exist_ok=True)
-    run = subprocess.run(
-        [
-            str(AIRFLOW_PYTHON),
-            str(REPO / "tests" / "airflow" / "run_dag.py"),
-            dag_id,
-            json.dumps({"workflow_form": form}),
-        ],
-        env={
-            **os.environ,
-            **(env or {}),
-            "AIRFLOW_HOME": str(scratch / "airflow"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "PYTHONPATH": f"{REPO}:{REPO / 'operators'}:{REPO / 'dags'}",
-            "CARDIOFM_BACKEND": "local",
-            "CARDIOFM_PYTHON": sys.executable,
-            "CARDIOFM_WORKFLOWS_DIR": str(scratch / "workflows"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    result: dict[str, object] = json.loads(lines[-1])
-    result["log"] = run.stdout + run.stderr
-    return result
+AIRFLOW_PYTHON = Path(__file__).resolve().parents[2] / ".venvs" / "airflow" / "bin" / "python"
 
 
 def test_prepare_dag_on_the_local_backend_gives_the_folder_dataset(site: Site, tmp_path: Path) -> None:
@@ -308,16 +273,16 @@ def test_prepare_dag_on_the_local_backend_gives_the_folder_dataset(site: Site, t
         "pacs_password_env": PASSWORD_ENV,
         "segmenter": "fallback",
     }
-    result = run_dag("cardiofm-prepare", form, tmp_path / "scratch", env={PASSWORD_ENV: PASSWORD})
-    tasks = result["tasks"]
-    assert isinstance(tasks, dict)
-    assert set(tasks.values()) == {"success"}, tasks
-    assert len(tasks) == 7
+    airflow = LocalAirflow(python=AIRFLOW_PYTHON, scratch=tmp_path / "scratch")
+    result = run_dag(airflow, "cardiofm-prepare", form, name="site", env={PASSWORD_ENV: PASSWORD})
+    assert set(result.tasks.values()) == {"success"}, result.tasks
+    assert len(result.tasks) == 7
     assert_same_dataset(site.folder_run, tmp_path / "ds")
     summary = json.loads((tmp_path / "ds" / "prepare-summary.json").read_text())
     assert (summary["in"], summary["prepared"], summary["quarantined"]) == (3, 3, 0)
-    log = str(result["log"])
-    assert PASSWORD not in log
-    for tree in (tmp_path / "ds", tmp_path / "scratch" / "workflows"):
-        assert_no_patient_identifier(tree, log, site.secure)
-    assert not list((tmp_path / "scratch" / "workflows").rglob("*.dcm"))  # mirror and DICOM links removed
+    assert PASSWORD not in result.log
+    workflows = tmp_path / "scratch" / "site" / "workflows"
+    assert len(list(workflows.iterdir())) == 1  # one run's workflow folder, as Kaapana's layout
+    for tree in (tmp_path / "ds", workflows):
+        assert_no_patient_identifier(tree, result.log, site.secure)
+    assert not list(workflows.rglob("*.dcm"))  # mirror and DICOM links removed

@@ -128,3 +128,13 @@ def test_config_errors_exit_2_and_name_the_variable(
     assert named in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "escape").exists()
+
+
+def test_prepare_report_fails_a_run_whose_every_study_was_quarantined(tmp_path: Path) -> None:
+    """The reports are written, and the task fails: a clinic admin sees a red run, not a green empty one."""
+    from cardiofm.pipeline.report_step import PrepareResult
+
+    assert PrepareResult(studies_in=2, prepared=0, quarantined=[{"kind": "study"}] * 2).exit_code() == 3
+    assert PrepareResult(studies_in=2, prepared=1, quarantined=[{"kind": "study"}]).exit_code() == 0
+    assert PrepareResult(studies_in=0, prepared=0).exit_code() == 126
+    assert PrepareResult(studies_in=2, prepared=1).exit_code() == 3  # unbalanced: a study went missing

@@ -362,3 +362,14 @@ def test_contradictory_pacs_settings_name_option_and_variable() -> None:
     with pytest.raises(ConfigError, match="CARDIOFM_PACS_PASSWORD"):
         open_source(no_password, {})
     assert open_source(StageStudiesParams(site_config="s.yaml"), {}) is None
+
+
+def test_an_empty_form_field_keeps_the_default_of_a_field_that_cannot_be_none() -> None:
+    """Kaapana sends an untouched optional form field as an empty string: the step keeps its default."""
+    params = SitePseudolabelParams.from_env({"DATASET": "/d", "WORK_DIR": "/w", "TASKS": ""})
+    assert params.tasks == ()
+    assert CropHeartParams.from_env({"MARGIN_MM": ""}).margin_mm == 20.0
+    # a field that may be None still reads an empty value as None
+    assert ImportLabelsParams.from_env({"SITE_CONFIG": "/s.yaml", "SITE_DIR": ""}).site_dir is None
+    with pytest.raises(ConfigError, match="SITE_CONFIG"):
+        ImportLabelsParams.from_env({"SITE_CONFIG": ""})  # required: empty is still missing
