@@ -126,10 +126,28 @@ def _site_join(env: Mapping[str, str]) -> int:
     return 0
 
 
+def _train_local(env: Mapping[str, str]) -> int:
+    from cardiofm.contracts.federated_run import TEACHER_PREFIX, FederatedRunConfig
+    from cardiofm.contracts.steps import TrainLocalParams
+    from cardiofm.errors import MissingResourceError
+    from cardiofm.federated.task import train_local_teacher
+
+    params = TrainLocalParams.from_env(env)
+    if not (params.dataset / "manifest.json").is_file():
+        raise MissingResourceError(f"site dataset {params.dataset} has no manifest.json: run cardiofm-prepare first")
+    out = params.out.resolve()
+    values = {**params.run_config, "stage": TEACHER_PREFIX + params.task, "out-dir": str(out.parent)}
+    run = FederatedRunConfig.from_run_config(values)
+    checkpoint = train_local_teacher(params.dataset.resolve(), run, params.steps, out)
+    typer.echo(f"train-local: teacher for {params.task}, {params.steps} steps: {checkpoint}")
+    return 0
+
+
 _RUNNERS: dict[str, Callable[[Mapping[str, str]], int]] = {
     **{name: _batch_step(name) for name, params in STEPS.items() if params.batch},
     "site-pseudolabel": _site_pseudolabel,
     "site-join": _site_join,
+    "train-local": _train_local,
 }
 
 

@@ -6,6 +6,7 @@ environment, ``cardiofm step <name>`` reads it back. :data:`STEPS` is the regist
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -100,6 +101,25 @@ class PrepareReportParams(StepParams):
     select_dir: str = "select-series"
 
 
+class TrainLocalParams(StepParams):
+    """``train-local``: a local-only teacher for one task on this site's data alone, for comparison.
+
+    It is the federated teacher's model with the federated teacher's settings (``run_config``: the same
+    kebab-case keys as ``cardiofm coordinator run --run-config``), trained without any federation.
+    """
+
+    step: ClassVar[str] = "train-local"
+    image: ClassVar[ImageProfile] = "trainer"
+    batch: ClassVar[bool] = False
+
+    dataset: Path
+    #: The checkpoint file to write.
+    out: Path
+    task: Literal["landmarks", "septum", "calcification"]
+    steps: int = Field(default=200, ge=1)
+    run_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 #: The preparation chain, in order; each step's output folder is named after it.
 PREPARE_CHAIN: tuple[type[StepParams], ...] = (
     StageStudiesParams,
@@ -112,5 +132,5 @@ PREPARE_CHAIN: tuple[type[StepParams], ...] = (
 )
 
 #: Every step ``cardiofm step <name>`` runs, by name.
-_ALL: tuple[type[StepParams], ...] = (*PREPARE_CHAIN, SitePseudolabelParams, SiteJoinParams)
+_ALL: tuple[type[StepParams], ...] = (*PREPARE_CHAIN, SitePseudolabelParams, SiteJoinParams, TrainLocalParams)
 STEPS: dict[str, type[StepParams]] = {p.step: p for p in _ALL}

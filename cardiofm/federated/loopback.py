@@ -34,7 +34,7 @@ from cardiofm import __version__
 from cardiofm.constants import TASKS
 from cardiofm.contracts.coordinator import CoordinatorConfig, SiteEntry
 from cardiofm.contracts.federated_run import TEACHER_PREFIX, FederatedRunConfig
-from cardiofm.errors import ConfigError, ExternalToolError, FederationTimeoutError, MissingResourceError
+from cardiofm.errors import ConfigError, ExternalToolError, FederationTimeoutError
 from cardiofm.federated import pki, superlink
 from cardiofm.federated.fab import write_app_dir
 from cardiofm.federated.flwr_cli import STATUS_COMPLETED, FlwrCli, fab_sha256, venv_bin
@@ -602,21 +602,10 @@ def train_local_teacher(dataset: Path, task: str, settings: ChainSettings, out: 
     MissingResourceError
         If the dataset has no training case labelled for ``task``.
     """
-    from cardiofm.federated.task import stage_spec
-    from cardiofm.training.trainer import load_training_samples, train
+    from cardiofm.federated.task import train_local_teacher as train_alone
 
     run = settings.run_config(TEACHER_PREFIX + task, out.parent)
-    spec = stage_spec(run)
-    cfg = spec.train.model_copy(
-        update={
-            "steps": settings.num_rounds * settings.local_steps,
-            "warmup_steps": min(10, settings.num_rounds * settings.local_steps // 4),
-        }
-    )
-    samples = load_training_samples([dataset], cfg, "train")
-    if not samples:
-        raise MissingResourceError(f"no training case labelled for {task!r} in this site's dataset")
-    return train(samples, cfg, spec.model, out).checkpoint
+    return train_alone(dataset, run, settings.num_rounds * settings.local_steps, out)
 
 
 def _timed(seconds: dict[str, float], phase: str, began: float) -> None:

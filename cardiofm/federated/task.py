@@ -493,3 +493,23 @@ def pseudolabel_site(
     out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=2))
     return written
+
+
+def train_local_teacher(dataset: Path, run: FederatedRunConfig, steps: int, out: Path) -> Path:
+    """A site's local-only teacher: the model and settings of ``run``'s teacher stage, trained on this site alone.
+
+    The comparison the federated teacher must beat (``cardiofm step train-local``, the demo's local teachers).
+
+    Raises
+    ------
+    MissingResourceError
+        If the dataset has no training case labelled for the stage's task.
+    """
+    from cardiofm.training.trainer import load_training_samples, train
+
+    spec = stage_spec(run)
+    cfg = spec.train.model_copy(update={"steps": steps, "warmup_steps": min(10, steps // 4)})
+    samples = load_training_samples([dataset], cfg, "train")
+    if not samples:
+        raise MissingResourceError(f"no training case labelled for {run.stage!r} in this site's dataset")
+    return train(samples, cfg, spec.model, out).checkpoint

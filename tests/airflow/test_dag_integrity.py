@@ -19,7 +19,7 @@ from cardiofm.contracts.steps import STEPS
 from cardiofm.errors import ConfigError
 from cardiofm_operators.step_operator_env import INSTALL_TIME_SETTINGS, STEP_VAR, fixed_env, form_env
 
-DAG_IDS = {"cardiofm-prepare", "cardiofm-pseudolabel", "cardiofm-federated-join"}
+DAG_IDS = {"cardiofm-prepare", "cardiofm-pseudolabel", "cardiofm-federated-join", "cardiofm-train-local"}
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 #: Values for required form fields without a default, or left to install-time settings (what an admin gives).
 EXAMPLES = {"superlink": "coordinator.example.org:9443", "pinned_fab_sha256": ["ab" * 32]}

@@ -89,7 +89,12 @@ def test_installed_dags_import_with_nothing_else_on_the_path(installed: Path, tm
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}, json.dumps(result["errors"])[-3000:]
-    assert result["dags"] == ["cardiofm-federated-join", "cardiofm-prepare", "cardiofm-pseudolabel"]
+    assert result["dags"] == [
+        "cardiofm-federated-join",
+        "cardiofm-prepare",
+        "cardiofm-pseudolabel",
+        "cardiofm-train-local",
+    ]
     assert result["cardiofm"].startswith(str(installed))  # the image's copy, not the source tree
 
 

@@ -286,3 +286,25 @@ def test_prepare_dag_on_the_local_backend_gives_the_folder_dataset(site: Site, t
     for tree in (tmp_path / "ds", workflows):
         assert_no_patient_identifier(tree, result.log, site.secure)
     assert not list(workflows.rglob("*.dcm"))  # mirror and DICOM links removed
+
+
+def test_train_local_dag_trains_a_teacher_on_the_prepared_dataset(site: Site, tmp_path: Path) -> None:
+    """The comparison baseline as an admin triggers it: the federated teacher's settings, this site's data alone."""
+    from cardiofm.training.checkpoint import load_checkpoint
+
+    run_config = {"spacing-mm": 3.0, "patch-size-vox": 32, "teacher-filters": "4,8,16,32", "batch-size": 1}
+    form: dict[str, object] = {
+        "dataset": str(site.folder_run),
+        "task": "landmarks",
+        "out": str(tmp_path / "teacher-landmarks.pt"),
+        "steps": 2,
+        "run_config": json.dumps(run_config),
+    }
+    airflow = LocalAirflow(python=AIRFLOW_PYTHON, scratch=tmp_path / "scratch")
+    result = run_dag(airflow, "cardiofm-train-local", form, name="site", env={"OMP_NUM_THREADS": "1"})
+    assert result.tasks == {"train-local": "success"}
+    ckpt = load_checkpoint(tmp_path / "teacher-landmarks.pt")
+    assert ckpt.model_config.name == "resunet-teacher"
+    assert tuple(ckpt.model_config.filters) == (4, 8, 16, 32)
+    assert ckpt.train_config.preprocessing.spacing_mm == 3.0
+    assert ckpt.train_config.steps == 2
