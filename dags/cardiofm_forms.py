@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from airflow.models import DAG
+
 SITE_CONFIG = {
     "title": "Site configuration (site.yaml)",
     "description": "The site's site.yaml: its id, PACS folder, label map and annotation files.",
@@ -49,3 +51,16 @@ def default_args(forms: dict[str, Any]) -> dict[str, Any]:
         "retries": 0,
         "retry_delay": timedelta(seconds=30),
     }
+
+
+def cardiofm_dag(dag_id: str, form: dict[str, Any], doc: str | None) -> DAG:
+    """A cardiofm DAG: triggered from the UI only (no schedule), one run at a time, its form and documentation."""
+    return DAG(
+        dag_id=dag_id,
+        default_args=default_args(form),
+        schedule=None,
+        max_active_runs=1,
+        catchup=False,
+        tags=["cardiofm"],
+        doc_md=doc,
+    )

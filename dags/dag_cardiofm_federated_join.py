@@ -3,15 +3,15 @@
 The task ends when the coordinator's run ends, with the site's exit codes: 0 finished; 5 SuperNode refused
 or died (TLS, key, allowlist); 7 app bundle not pinned (nothing of it ran); 8 timeout; 2/6 invalid or missing
 inputs. Its TLS material comes from the site bundle (the ``cardiofm-site-bundle`` Secret in Kaapana).
+
+An Airflow DAG (Kaapana's Workflow Execution); each task runs one cardiofm step.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.models import DAG
-
-from cardiofm_forms import DATASET_DIR, WORK_DIR, default_args, workflow_form
+from cardiofm_forms import DATASET_DIR, WORK_DIR, cardiofm_dag, workflow_form
 from cardiofm_operators import step_task
 
 #: A stage of the paper's profile runs for hours; the SuperNode stops itself at TIMEOUT_S (exit 8) before this.
@@ -40,13 +40,5 @@ FORM = workflow_form(
     required=["dataset", "work_dir"],
 )
 
-with DAG(
-    dag_id="cardiofm-federated-join",
-    default_args=default_args(FORM),
-    schedule=None,
-    max_active_runs=1,
-    catchup=False,
-    tags=["cardiofm"],
-    doc_md=__doc__,
-) as dag:
-    step_task(dag, "site-join", execution_timeout=TASK_TIMEOUT)
+dag = cardiofm_dag("cardiofm-federated-join", FORM, __doc__)
+step_task(dag, "site-join", execution_timeout=TASK_TIMEOUT)

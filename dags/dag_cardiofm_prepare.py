@@ -1,13 +1,13 @@
 """``cardiofm-prepare``: one site's data preparation from its PACS (what ``cardiofm prepare`` runs).
 
 stage-studies → select-series → convert → crop-heart → import-labels → build-dataset → prepare-report.
+
+An Airflow DAG (Kaapana's Workflow Execution); each task runs one cardiofm step.
 """
 
 from __future__ import annotations
 
-from airflow.models import DAG
-
-from cardiofm_forms import DATASET_DIR, SITE_CONFIG, default_args, workflow_form
+from cardiofm_forms import DATASET_DIR, SITE_CONFIG, cardiofm_dag, workflow_form
 from cardiofm_operators import step_task
 
 FORM = workflow_form(
@@ -50,20 +50,12 @@ FORM = workflow_form(
     required=["site_config", "dataset_dir"],
 )
 
-with DAG(
-    dag_id="cardiofm-prepare",
-    default_args=default_args(FORM),
-    schedule=None,
-    max_active_runs=1,
-    catchup=False,
-    tags=["cardiofm"],
-    doc_md=__doc__,
-) as dag:
-    stage = step_task(dag, "stage-studies")
-    select = step_task(dag, "select-series", input_operator=stage)
-    convert = step_task(dag, "convert", input_operator=select)
-    crop = step_task(dag, "crop-heart", input_operator=convert)
-    labels = step_task(dag, "import-labels", input_operator=crop)
-    dataset = step_task(dag, "build-dataset", input_operator=labels)
-    report = step_task(dag, "prepare-report", input_operator=dataset, trigger_rule="all_done")
-    stage >> select >> convert >> crop >> labels >> dataset >> report
+dag = cardiofm_dag("cardiofm-prepare", FORM, __doc__)
+stage = step_task(dag, "stage-studies")
+select = step_task(dag, "select-series", input_operator=stage)
+convert = step_task(dag, "convert", input_operator=select)
+crop = step_task(dag, "crop-heart", input_operator=convert)
+labels = step_task(dag, "import-labels", input_operator=crop)
+dataset = step_task(dag, "build-dataset", input_operator=labels)
+report = step_task(dag, "prepare-report", input_operator=dataset, trigger_rule="all_done")
+stage >> select >> convert >> crop >> labels >> dataset >> report

@@ -1,10 +1,11 @@
-"""``cardiofm-pseudolabel``: the site's step between the teacher stages and distill (``cardiofm site pseudolabel``)."""
+"""``cardiofm-pseudolabel``: the site's step between the teacher stages and distill (``cardiofm site pseudolabel``).
+
+An Airflow DAG (Kaapana's Workflow Execution); each task runs one cardiofm step.
+"""
 
 from __future__ import annotations
 
-from airflow.models import DAG
-
-from cardiofm_forms import DATASET_DIR, WORK_DIR, default_args, workflow_form
+from cardiofm_forms import DATASET_DIR, WORK_DIR, cardiofm_dag, workflow_form
 from cardiofm_operators import step_task
 
 FORM = workflow_form(
@@ -28,13 +29,5 @@ FORM = workflow_form(
     required=["dataset", "work_dir"],
 )
 
-with DAG(
-    dag_id="cardiofm-pseudolabel",
-    default_args=default_args(FORM),
-    schedule=None,
-    max_active_runs=1,
-    catchup=False,
-    tags=["cardiofm"],
-    doc_md=__doc__,
-) as dag:
-    step_task(dag, "site-pseudolabel")
+dag = cardiofm_dag("cardiofm-pseudolabel", FORM, __doc__)
+step_task(dag, "site-pseudolabel")

@@ -2,13 +2,13 @@
 
 The teacher has the federated teacher's model and settings (give the same run config the coordinator uses);
 compare it with the federated teacher on the same test cases (``cardiofm evaluate``).
+
+An Airflow DAG (Kaapana's Workflow Execution); each task runs one cardiofm step.
 """
 
 from __future__ import annotations
 
-from airflow.models import DAG
-
-from cardiofm_forms import DATASET_DIR, default_args, workflow_form
+from cardiofm_forms import DATASET_DIR, cardiofm_dag, workflow_form
 from cardiofm_operators import step_task
 
 FORM = workflow_form(
@@ -36,13 +36,5 @@ FORM = workflow_form(
     required=["dataset", "task", "out"],
 )
 
-with DAG(
-    dag_id="cardiofm-train-local",
-    default_args=default_args(FORM),
-    schedule=None,
-    max_active_runs=1,
-    catchup=False,
-    tags=["cardiofm"],
-    doc_md=__doc__,
-) as dag:
-    step_task(dag, "train-local")
+dag = cardiofm_dag("cardiofm-train-local", FORM, __doc__)
+step_task(dag, "train-local")

@@ -26,6 +26,9 @@ def main(dag_id: str, conf: str) -> int:
     if bag.import_errors:
         print(json.dumps({"import_errors": {k: v[-2000:] for k, v in bag.import_errors.items()}}))
         return 1
+    if dag_id not in bag.dags:
+        print(json.dumps({"error": f"no DAG {dag_id} in {DAGS}; found: {sorted(bag.dags)}"}))
+        return 1
     run = bag.dags[dag_id].test(run_conf=json.loads(conf))
     tasks = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     print(json.dumps({"state": str(run.state), "tasks": tasks}))

@@ -98,12 +98,12 @@ def _site_pseudolabel(env: Mapping[str, str]) -> int:
 TLS_ENV = {"ca_cert": "CARDIOFM_CA_CERT_PEM", "private_key": "CARDIOFM_SITE_KEY_PEM"}
 
 
-def _tls_from_env(params: object, env: Mapping[str, str]) -> dict[str, Path]:
-    """Write TLS material given as env secrets to a private temporary folder (mode 0600) for the SuperNode."""
+def _tls_from_env(params: object, env: Mapping[str, str], folder: Path) -> dict[str, Path]:
+    """Write TLS material given as env secrets into ``folder`` (private: 0700, files 0600) for the SuperNode."""
     given = {field: env[var] for field, var in TLS_ENV.items() if env.get(var) and getattr(params, field) is None}
     if not given:
         return {}
-    folder = Path(tempfile.mkdtemp(prefix="cardiofm-tls-"))
+    os.chmod(folder, 0o700)
     paths = {}
     for field, text in given.items():
         path = folder / f"{field}.pem"
@@ -120,8 +120,10 @@ def _site_join(env: Mapping[str, str]) -> int:
 
     params = SiteJoinParams.from_env(env)
     update: dict[str, object] = {"work_dir": params.work_dir.resolve()}
-    update.update(_tls_from_env(params, env))
-    result = join(params.model_copy(update=update))
+    # the key material lives only as long as the SuperNode: removed when the join ends
+    with tempfile.TemporaryDirectory(prefix="cardiofm-tls-") as folder:
+        update.update(_tls_from_env(params, env, Path(folder)))
+        result = join(params.model_copy(update=update))
     typer.echo(f"site-join: run {result.run_id} finished after {result.seconds:.0f} s")
     return 0
 

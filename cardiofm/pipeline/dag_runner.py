@@ -91,6 +91,6 @@ def run_dag(
     result = json.loads(reports[-1]) if reports else {}
     tasks = {str(k): str(v) for k, v in result.get("tasks", {}).items()}
     if proc.returncode != 0:
-        states = ", ".join(f"{t} {s}" for t, s in tasks.items()) or json.dumps(result)[-1500:]
+        states = ", ".join(f"{t} {s}" for t, s in tasks.items()) or json.dumps(result)[-1500:] or "no report"
         raise ExternalToolError(f"DAG {dag_id} ({name}) did not succeed: {states}", log_tail=log[-4000:])
     return DagRunResult(tasks=tasks, log=log)

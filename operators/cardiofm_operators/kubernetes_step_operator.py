@@ -16,14 +16,12 @@ from airflow.exceptions import AirflowException
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
-from cardiofm.contracts.kaapana import KaapanaContext
 from cardiofm_operators.step_operator_env import (
     DATA_ROOT_VAR,
     EXIT_SKIP,
     RESOURCES,
     Resources,
-    form_env,
-    safe_run_id,
+    run_env,
     step_params,
 )
 
@@ -80,17 +78,7 @@ class CardiofmPodOperator(KubernetesPodOperator):
 
     def run_env(self, context: Mapping[str, Any]) -> dict[str, str]:
         """The pod's environment for this run: fixed settings, Kaapana's contract, the run's form."""
-        run_id = str(context["run_id"])
-        ctx = KaapanaContext(
-            workflow_dir=f"{DATA_MOUNT}/workflows/{safe_run_id(run_id)}",
-            operator_in_dir=self.operator_in_dir,
-            operator_out_dir=self.operator_out_dir,
-            run_id=run_id,
-            dag_id=self.dag_id,
-            task_id=self.task_id,
-        )
-        dag_run = context.get("dag_run")
-        return {**self.fixed_env, **ctx.to_env(), **form_env(getattr(dag_run, "conf", None))}
+        return run_env(self.fixed_env, f"{DATA_MOUNT}/workflows", self, context)
 
     def execute(self, context: Any) -> Any:
         """Start the pod with this run's environment."""

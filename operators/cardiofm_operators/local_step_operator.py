@@ -19,13 +19,11 @@ from typing import Any
 from airflow.exceptions import AirflowException, AirflowSkipException
 from airflow.models import BaseOperator
 
-from cardiofm.contracts.kaapana import KaapanaContext
 from cardiofm.errors import CardioFMError, describe_exit_code
 from cardiofm_operators.step_operator_env import (
     EXIT_SKIP,
     check_env,
-    form_env,
-    safe_run_id,
+    run_env,
     step_params,
 )
 
@@ -75,17 +73,7 @@ class LocalStepOperator(BaseOperator):
 
     def step_env(self, context: Mapping[str, Any], base: Mapping[str, str]) -> dict[str, str]:
         """The subprocess's environment for this run (see :mod:`.step_operator_env` for the layers)."""
-        run_id = str(context["run_id"])
-        ctx = KaapanaContext(
-            workflow_dir=workflows_dir(base) / safe_run_id(run_id),
-            operator_in_dir=self.operator_in_dir,
-            operator_out_dir=self.operator_out_dir,
-            run_id=run_id,
-            dag_id=self.dag_id,
-            task_id=self.task_id,
-        )
-        dag_run = context.get("dag_run")
-        return {**base, **self.env_vars, **ctx.to_env(), **form_env(getattr(dag_run, "conf", None))}
+        return run_env({**base, **self.env_vars}, str(workflows_dir(base)), self, context)
 
     def execute(self, context: Any) -> None:
         """Run the step; exit 126 skips the task, any other non-zero exit fails it, saying what the code means."""

@@ -116,6 +116,24 @@ def check_env(step: str, env: Mapping[str, str]) -> None:
     step_params(step).from_env(env)
 
 
+def run_env(fixed: Mapping[str, str], workflows_root: str, task: Any, context: Mapping[str, Any]) -> dict[str, str]:
+    """Layers 1-4 for one run of ``task`` (its ``operator_in_dir``/``_out_dir``, ``dag_id``, ``task_id``).
+
+    The run's workflow folder is ``<workflows_root>/<run id as a folder name>``, laid out as Kaapana's.
+    """
+    run_id = str(context["run_id"])
+    ctx = KaapanaContext(
+        workflow_dir=f"{workflows_root}/{safe_run_id(run_id)}",
+        operator_in_dir=task.operator_in_dir,
+        operator_out_dir=task.operator_out_dir,
+        run_id=run_id,
+        dag_id=task.dag_id,
+        task_id=task.task_id,
+    )
+    dag_run = context.get("dag_run")
+    return {**fixed, **ctx.to_env(), **form_env(getattr(dag_run, "conf", None))}
+
+
 def safe_run_id(run_id: str) -> str:
     """A run id as a folder name (Airflow's contain ':' and '+')."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 from cardiofm.cli.step import TLS_ENV, _tls_from_env, with_defaults
 from cardiofm.contracts.coordinator import SiteJoinParams
@@ -23,7 +24,7 @@ def test_install_time_defaults_fill_only_empty_fields() -> None:
     assert "MARGIN_MM" not in with_defaults("site-join", {**env, "CARDIOFM_DEFAULT_MARGIN_MM": "5"})
 
 
-def test_tls_secrets_from_env_become_private_files() -> None:
+def test_tls_secrets_from_env_become_private_files(tmp_path: Path) -> None:
     params = SiteJoinParams.from_env(
         {**JOIN, "SUPERLINK": "c.example.org:9443", "PINNED_FAB_SHA256": "['" + "a" * 64 + "']"}
     )
@@ -31,7 +32,7 @@ def test_tls_secrets_from_env_become_private_files() -> None:
         TLS_ENV["ca_cert"]: "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----",
         TLS_ENV["private_key"]: "KEY\n",
     }
-    paths = _tls_from_env(params, env)
+    paths = _tls_from_env(params, env, tmp_path)
     assert set(paths) == {"ca_cert", "private_key"}
     for path in paths.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -40,7 +41,7 @@ def test_tls_secrets_from_env_become_private_files() -> None:
     assert paths["private_key"].read_text() == "KEY\n"
     # files given as paths are kept; nothing is written
     given = params.model_copy(update={"ca_cert": paths["ca_cert"], "private_key": paths["private_key"]})
-    assert _tls_from_env(given, env) == {}
+    assert _tls_from_env(given, env, tmp_path / "unused") == {}
 
 
 def test_one_pinned_hash_as_text_as_an_install_dialog_gives_it() -> None:
