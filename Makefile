@@ -26,7 +26,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup deps segmenter airflow kaapana-files demo test lint typecheck unit dag-tests bench clean
+.PHONY: help setup deps segmenter airflow kaapana-files kaapana-check demo test lint typecheck unit dag-tests bench clean
 
 help:
 	@echo "make demo   - synthetic hospitals, the federated chain on loopback, evaluation tables (SEED=, SITES=, CASES=)"
@@ -62,6 +62,21 @@ $(AF_STAMP): requirements/airflow.txt
 	@touch $@
 
 airflow: $(AF_STAMP)
+
+# A separate check (not part of `make test`: it needs a Kaapana 0.6.0 source tree): the DAGs and the kaapana
+# backend under Kaapana's real Airflow plugin. make kaapana-check KAAPANA_SRC=/path/to/kaapana (tests/kaapana/README.md)
+KP_VENV := .venvs/kaapana
+kaapana-check:
+	@test -n "$(KAAPANA_SRC)" -a -d "$(KAAPANA_SRC)/data-processing/kaapana-plugin" || { echo "set KAAPANA_SRC to a Kaapana 0.6.0 source tree"; exit 2; }
+	@test -n "$(AF_PYTHON)" || { echo "Python 3.12 not found: run make AF_PYTHON=/path/to/python3.12"; exit 1; }
+	@test -x $(KP_VENV)/bin/python || $(AF_PYTHON) -m venv $(KP_VENV)
+	$(KP_VENV)/bin/python -m pip install --quiet "apache-airflow[cncf.kubernetes]==2.11.0" apache-airflow-providers-cncf-kubernetes \
+	  Flask-Admin==1.6.1 kubernetes==30.1.0 pytest -c "$(KAAPANA_SRC)/services/flow/airflow/docker/files/constraints-3.12.txt"
+	$(KP_VENV)/bin/python -m pip install --quiet "$(KAAPANA_SRC)/data-processing/base-images/base-python-cpu/files/kaapana_python" \
+	  "$(KAAPANA_SRC)/data-processing/base-images/base-python-cpu/files/kaapana_federated" \
+	  minio==7.2.10 pydicom==3.0.1 pint==0.24.4 typer docker==7.1.0 python-dotenv==1.0.1
+	$(KP_VENV)/bin/python -m pip install --quiet --no-deps "$(KAAPANA_SRC)/lib/task_api" "$(KAAPANA_SRC)/lib/kaapana_containers"
+	KAAPANA_SRC=$(KAAPANA_SRC) $(KP_VENV)/bin/python -m pytest -c tests/kaapana/pytest.ini tests/kaapana
 
 # What the Kaapana extension's DAG-installer image copies (extensions/cardiofm-workflow/docker/files/).
 kaapana-files:

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kaapana.blueprints.kaapana_global_variables import DEFAULT_REGISTRY, KAAPANA_BUILD_VERSION
-from kaapana.kubetools.secret import Secret
 from kaapana.operators.KaapanaBaseOperator import KaapanaBaseOperator
+from kubernetes.client import models as k8s
 
 from cardiofm.contracts.env import ImageProfile
 from cardiofm_operators.step_operator_env import (
@@ -43,13 +43,19 @@ _IMAGES: dict[ImageProfile, dict[str, str]] = {
 }
 
 
+def env_secret(var: str, secret: str, key: str, *, optional: bool = False) -> k8s.V1EnvVar:
+    """An environment variable of the pod read from a Kubernetes Secret (Kaapana 0.6 adds ``secrets`` to the env)."""
+    selector = k8s.V1SecretKeySelector(name=secret, key=key, optional=optional)
+    return k8s.V1EnvVar(name=var, value_from=k8s.V1EnvVarSource(secret_key_ref=selector))
+
+
 class CardiofmKaapanaOperator(KaapanaBaseOperator):
     """``cardiofm step <step>`` in its image, with Kaapana's constructor contract."""
 
     def __init__(
         self,
-        dag: Any,
         *,
+        dag: Any,
         step: str,
         env_vars: Mapping[str, str],
         input_operator: KaapanaBaseOperator | None = None,
@@ -67,20 +73,19 @@ class CardiofmKaapanaOperator(KaapanaBaseOperator):
             # the site's PACS may be outside the cluster; its DICOMweb password comes from a Secret (optional)
             network = {
                 "labels": {"network-access-external-ips": "true"},
-                "secrets": [Secret("env", "CARDIOFM_PACS_PASSWORD", PACS_SECRET, "password", optional=True)],
+                "secrets": [env_secret("CARDIOFM_PACS_PASSWORD", PACS_SECRET, "password", optional=True)],
             }
         if step == "site-join":
             # the SuperNode connects out to the coordinator through the cluster's proxy; its TLS material comes
-            # from the site bundle as env secrets (Kaapana's volume secrets name their volume "<secret>_volume",
-            # which Kubernetes rejects)
+            # from the site bundle as env secrets (KaapanaBaseOperator mounts no volumes of a DAG's choosing)
             network = {
                 "labels": {"network-access-external-ips": "true"},
                 "enable_proxy": True,
                 "secrets": [
-                    Secret("env", "CARDIOFM_CA_CERT_PEM", SITE_BUNDLE_SECRET, "ca.pem"),
-                    Secret("env", "CARDIOFM_SITE_KEY_PEM", SITE_BUNDLE_SECRET, "site.key"),
+                    env_secret("CARDIOFM_CA_CERT_PEM", SITE_BUNDLE_SECRET, "ca.pem"),
+                    env_secret("CARDIOFM_SITE_KEY_PEM", SITE_BUNDLE_SECRET, "site.key"),
                     *(
-                        Secret("env", f"CARDIOFM_DEFAULT_{field.upper()}", SITE_SETTINGS_SECRET, field, optional=True)
+                        env_secret(f"CARDIOFM_DEFAULT_{field.upper()}", SITE_SETTINGS_SECRET, field, optional=True)
                         for field in INSTALL_TIME_SETTINGS[step]
                     ),
                 ],

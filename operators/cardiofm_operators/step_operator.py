@@ -40,7 +40,7 @@ def step_task(
 
         env = fixed_env(step, settings or {})
         return CardiofmKaapanaOperator(
-            dag, step=step, env_vars=env, input_operator=input_operator, task_id=name, **kwargs
+            dag=dag, step=step, env_vars=env, input_operator=input_operator, task_id=name, **kwargs
         )
     in_dir = getattr(input_operator, "operator_out_dir", None) or FIRST_INPUT_DIR
     if backend == "kubernetes":
