@@ -119,8 +119,17 @@ def test_serve_applies_settings_registers_sites_and_stops_on_sigterm(tmp_path: P
         _wait_serving(state, proc, int(settings["fleet_port"]), tls / "ca.crt")  # type: ignore[call-overload]
         cfg = CoordinatorConfig.load(state)
         assert [s.name for s in cfg.sites] == ["north"]
-        listed = FlwrCli(cfg.flwr_home).list_supernodes()
-        assert south_node not in {int(n["node-id"]) for n in listed if n.get("status") != "unregistered"}
+        # serve unregisters right after the SuperLink is up: wait for it (a bounded wait, never a pass by default)
+        active: set[int] = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listed = FlwrCli(cfg.flwr_home).list_supernodes()
+            active = {int(n["node-id"]) for n in listed if n.get("status") != "unregistered"}
+            if south_node not in active:
+                break
+            time.sleep(0.5)
+        assert south_node not in active, listed
+        assert cfg.site("north").node_id in active  # type: ignore[union-attr]
     finally:
         code, out = _terminate(proc)
     assert code == 0, out[-3000:]

@@ -22,6 +22,7 @@ from cardiofm.contracts.steps import (
     SelectSeriesParams,
     StageStudiesParams,
     StepParams,
+    TrainLocalParams,
 )
 from cardiofm.errors import ConfigError
 
@@ -86,6 +87,13 @@ NON_DEFAULT: dict[str, StepParams] = {
         node_config={"gpu": True, "site-name": "north", "workers": 2, "scale": 0.5},
         insecure_dev=True,
     ),
+    "train-local": TrainLocalParams(
+        dataset=Path("/data/ds"),
+        out=Path("/data/teachers/teacher-septum.pt"),
+        task="septum",
+        steps=17,
+        run_config={"patch-size-vox": 96, "spacing-mm": 1.5, "teacher-filters": "8,16,32,64"},
+    ),
 }
 
 #: The smallest valid environment of each step (its required fields only).
@@ -98,6 +106,7 @@ REQUIRED_ENV: dict[str, dict[str, str]] = {
     "stage-studies": {"SITE_CONFIG": "/site/site.yaml"},
     "prepare-report": {"DATASET_DIR": "/data/ds"},
     "site-pseudolabel": {"DATASET": "/data/ds", "WORK_DIR": "/data/work"},
+    "train-local": {"DATASET": "/data/ds", "OUT": "/data/t.pt", "TASK": "landmarks"},
     "site-join": {
         "SUPERLINK": "coordinator.example.org:9443",
         "DATASET": "/data/ds",
