@@ -35,10 +35,10 @@ def step_task(
     """The task that runs ``cardiofm step <step>`` after ``input_operator`` (whose output folder it reads)."""
     name = check_task_id(task_id or step)
     backend = backend_from_env()
+    env = fixed_env(step, settings or {})
     if backend == "kaapana":
         from cardiofm_operators.kaapana_step_operator import CardiofmKaapanaOperator
 
-        env = fixed_env(step, settings or {})
         return CardiofmKaapanaOperator(
             dag=dag, step=step, env_vars=env, input_operator=input_operator, task_id=name, **kwargs
         )
@@ -46,11 +46,9 @@ def step_task(
     if backend == "kubernetes":
         from cardiofm_operators.kubernetes_step_operator import CardiofmPodOperator
 
-        env = fixed_env(step, settings or {})
         return CardiofmPodOperator(dag=dag, step=step, env_vars=env, operator_in_dir=in_dir, task_id=name, **kwargs)
     from cardiofm_operators.local_step_operator import LocalStepOperator
 
-    env = fixed_env(step, settings or {})
     res = RESOURCES[step_params(step).image]
     return LocalStepOperator(
         dag=dag,
