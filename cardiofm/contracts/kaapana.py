@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cardiofm.errors import ConfigError
 
 _DIR_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: ``OPERATOR_IN_DIR`` of a chain's first task, which reads the PACS rather than an upstream task's folder.
+FIRST_INPUT_DIR = "pacs"
 
 
 class KaapanaContext(BaseModel):

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from cardiofm.contracts.kaapana import KaapanaContext
+from cardiofm.contracts.kaapana import FIRST_INPUT_DIR, KaapanaContext
 from cardiofm.contracts.pacs import PacsParams
 from cardiofm.contracts.steps import (
     BuildDatasetParams,
@@ -65,7 +65,7 @@ def prepare_site(
     stage = StageStudiesParams(
         site_config=str(config_path), site_dir=str(site_dir), **(pacs or PacsParams()).model_dump()
     )
-    stage_studies(_context(work, "pacs-source", stage), stage, os.environ)
+    stage_studies(_context(work, FIRST_INPUT_DIR, stage), stage, os.environ)
     chain: list[tuple[StepParams, CaseFunction]] = [  # type: ignore[type-arg]
         (SelectSeriesParams(site_config=str(config_path)), select_case),
         (ConvertParams(), convert_case),

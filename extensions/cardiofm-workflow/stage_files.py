@@ -39,5 +39,33 @@ def stage(files: Path = FILES) -> Path:
     return files
 
 
+def install(root: Path) -> Path:
+    """What the DAG-installer image holds under ``/kaapana/tmp``, rebuilt in ``root`` (for checks without Docker).
+
+    Stages the files into ``root/context/files`` and replays the Dockerfile's ``COPY`` lines into
+    ``root/kaapana/tmp``; returns that folder. Raises ``FileNotFoundError`` for a ``COPY`` source that was not
+    staged and ``ValueError`` for a destination outside ``/kaapana/tmp``.
+    """
+    context = root / "context"
+    stage(context / "files")
+    dockerfile = (HERE / "docker" / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if not line.startswith("COPY "):
+            continue
+        source, dest = line.split()[1:3]
+        src = context / source
+        if not src.exists():
+            raise FileNotFoundError(f"COPY {source}: not staged")
+        if not dest.startswith("/kaapana/tmp/"):
+            raise ValueError(f"COPY {source} {dest}: outside /kaapana/tmp")
+        target = root / dest.lstrip("/")
+        if src.is_dir():
+            shutil.copytree(src, target, dirs_exist_ok=True)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / src.name)
+    return root / "kaapana" / "tmp"
+
+
 if __name__ == "__main__":
     print(f"staged {stage(Path(sys.argv[1]) if len(sys.argv) > 1 else FILES)}")

@@ -18,8 +18,8 @@ from kaapana.operators.KaapanaBaseOperator import KaapanaBaseOperator
 from kubernetes.client import models as k8s
 
 from cardiofm.contracts.env import ImageProfile
+from cardiofm.contracts.kaapana import FIRST_INPUT_DIR
 from cardiofm_operators.step_operator_env import (
-    FIRST_INPUT_DIR,
     INSTALL_TIME_SETTINGS,
     RESOURCES,
     Resources,

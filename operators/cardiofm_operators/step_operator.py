@@ -13,8 +13,8 @@ from typing import Any
 
 from airflow.models import BaseOperator
 
+from cardiofm.contracts.kaapana import FIRST_INPUT_DIR
 from cardiofm_operators.step_operator_env import (
-    FIRST_INPUT_DIR,
     RESOURCES,
     backend_from_env,
     check_task_id,

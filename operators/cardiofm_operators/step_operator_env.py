@@ -27,8 +27,6 @@ BACKEND_VAR = "CARDIOFM_BACKEND"
 BACKENDS = ("kaapana", "local", "kubernetes")
 STEP_VAR = "CARDIOFM_STEP"
 DATA_ROOT_VAR = "CARDIOFM_DATA_ROOT"
-#: The input folder name a chain's first task is given (it reads the PACS, not an upstream folder).
-FIRST_INPUT_DIR = "pacs"
 #: Exit code Kaapana (and this package) turns into a skipped task.
 EXIT_SKIP = 126
 

@@ -8,11 +8,9 @@ its path), so a module the installed DAGs need but the image does not ship is an
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from stage_files import install
 
 EXTENSION = REPO / "extensions" / "cardiofm-workflow"
 #: Kaapana's base-installer accepts only these folders under /kaapana/tmp (anything else: exit 1).
@@ -28,37 +27,10 @@ INSTALLER_DIRS = {"plugins", "dags", "mounted_scripts", "extensions"}
 IMAGE_PATTERN = re.compile(r'image=f"\{DEFAULT_REGISTRY\}/([a-z0-9-]+):\{KAAPANA_BUILD_VERSION\}"')
 
 
-def _stage(files: Path) -> None:
-    spec = importlib.util.spec_from_file_location("stage_files", EXTENSION / "stage_files.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.stage(files)
-
-
-def _copy_lines() -> list[tuple[str, str]]:
-    text = (EXTENSION / "docker" / "Dockerfile").read_text()
-    return [tuple(line.split()[1:3]) for line in text.splitlines() if line.startswith("COPY ")]  # type: ignore[misc]
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``/kaapana/tmp`` of the DAG-installer image, rebuilt from the Dockerfile's COPY lines."""
-    root = tmp_path_factory.mktemp("kaapana")
-    context = root / "context"
-    _stage(context / "files")
-    for source, dest in _copy_lines():
-        src = context / source
-        assert src.exists(), f"COPY {source}: not staged"
-        assert dest.startswith("/kaapana/tmp/"), dest
-        target = root / dest.lstrip("/")
-        if src.is_dir():
-            shutil.copytree(src, target, dirs_exist_ok=True)
-        else:
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target / src.name)
-    return root / "kaapana" / "tmp"
+    return Path(install(tmp_path_factory.mktemp("kaapana")))
 
 
 def test_installer_accepts_the_layout(installed: Path) -> None:

@@ -10,7 +10,6 @@ image's cardiofm subset, not the source tree.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from stage_files import install
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = REPO / "extensions" / "cardiofm-workflow"
@@ -82,35 +82,11 @@ def _plugin_folder() -> Path:
     return src / PLUGIN_DIR
 
 
-def _stage(files: Path) -> None:
-    spec = importlib.util.spec_from_file_location("stage_files", EXTENSION / "stage_files.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.stage(files)
-
-
-def _copy_lines() -> list[tuple[str, str]]:
-    text = (EXTENSION / "docker" / "Dockerfile").read_text()
-    return [tuple(line.split()[1:3]) for line in text.splitlines() if line.startswith("COPY ")]  # type: ignore[misc]
-
-
 def _install_dags(root: Path) -> Path:
     """``/kaapana/tmp/dags`` of the DAG-installer image, rebuilt under ``root`` from its COPY lines."""
-    context = root / "context"
-    _stage(context / "files")
-    for source, dest in _copy_lines():
-        src = context / source
-        assert src.exists(), f"COPY {source}: not staged"
-        assert dest.startswith("/kaapana/tmp/dags"), dest
-        target = root / dest.lstrip("/")
-        if src.is_dir():
-            shutil.copytree(src, target, dirs_exist_ok=True)
-        else:
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target / src.name)
-    return root / "kaapana" / "tmp" / "dags"
+    installed = Path(install(root))
+    assert {p.name for p in installed.iterdir()} == {"dags"}, "the image installs into /kaapana/tmp/dags only"
+    return installed / "dags"
 
 
 PLUGINS = _plugin_folder()
