@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cardiofm import __version__
 from cardiofm.constants import TASKS
@@ -38,6 +38,7 @@ from cardiofm.errors import ConfigError, ExternalToolError, FederationTimeoutErr
 from cardiofm.federated import pki, superlink
 from cardiofm.federated.fab import write_app_dir
 from cardiofm.federated.flwr_cli import STATUS_COMPLETED, FlwrCli, fab_sha256, venv_bin
+from cardiofm.federated.progress import ProgressTail, read_progress
 from cardiofm.federated.supernode import exit_on_signals
 from cardiofm.pipeline.dag_runner import LocalAirflow
 
@@ -133,6 +134,10 @@ class StageResult:
     def global_checkpoint(self) -> Path:
         """The stage's final global model on the coordinator."""
         return self.run_dir / "global.pt"
+
+    def progress(self) -> list[dict[str, Any]]:
+        """The ServerApp's record of every round (loss, sites answered, seconds; see :mod:`.progress`)."""
+        return read_progress(self.run_dir)
 
 
 def free_port() -> int:
@@ -386,8 +391,15 @@ def _stop_join(join: _Join) -> None:
         join.proc.wait(timeout=_STOP_TIMEOUT_S)
 
 
-def _wait_for_run(cli: FlwrCli, run_id: int, joins: Sequence[_Join], timeout_s: float) -> str:
-    """Wait until the run's real status says finished and return it.
+def _wait_for_run(
+    cli: FlwrCli,
+    run_id: int,
+    joins: Sequence[_Join],
+    timeout_s: float,
+    progress: ProgressTail | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> str:
+    """Wait until the run's real status says finished and return it (each recorded round goes to ``on_round``).
 
     The site tasks are watched every second (cheap); the SuperLink is asked for the status every
     :data:`STATUS_POLL_S` (each ask starts a ``flwr`` process), and right away once every site task has
@@ -397,6 +409,9 @@ def _wait_for_run(cli: FlwrCli, run_id: int, joins: Sequence[_Join], timeout_s: 
     next_status = time.monotonic()
     last = ""
     while True:
+        if progress is not None and on_round is not None:
+            for entry in progress.new_entries():
+                on_round(entry)
         now = time.monotonic()
         codes = [join.proc.poll() for join in joins]
         if now >= next_status or all(code == 0 for code in codes):
@@ -405,6 +420,9 @@ def _wait_for_run(cli: FlwrCli, run_id: int, joins: Sequence[_Join], timeout_s: 
                 log.info("run %d: %s", run_id, status)
                 last = status
             if status.startswith("finished"):
+                if progress is not None and on_round is not None:
+                    for entry in progress.new_entries():
+                        on_round(entry)
                 return status
             next_status = now + (POLL_S if all(code == 0 for code in codes) else STATUS_POLL_S)
         for join, code in zip(joins, codes, strict=True):
@@ -428,6 +446,7 @@ def run_stage(
     run: FederatedRunConfig,
     site_names: Sequence[str] | None = None,
     timeout_s: float = 1800.0,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> StageResult:
     """Run one federated stage with the given sites (all by default) and return once every site task ended.
 
@@ -442,6 +461,8 @@ def run_stage(
         Sites that join this run.
     timeout_s
         Limit for the whole run (it is stopped when exceeded).
+    on_round
+        Called with each round's progress record (:mod:`cardiofm.federated.progress`) while the run goes on.
 
     Returns
     -------
@@ -470,7 +491,8 @@ def run_stage(
             joins.append(_start_join(fed, site, run.stage_slug, timeout_s + JOIN_EXIT_TIMEOUT_S))
         run_id = cli.start_run(fed.app_dir, run.to_run_config())
         log.info("stage %s: run %d submitted to %d site(s)", run.stage, run_id, len(sites))
-        status = _wait_for_run(cli, run_id, joins, timeout_s)
+        tail = ProgressTail(fed.runs_dir / f"run-{run_id}-{run.stage_slug}")
+        status = _wait_for_run(cli, run_id, joins, timeout_s, tail, on_round)
         if status != STATUS_COMPLETED:
             details = cli.run_info(run_id).get("status-details") or "no details"
             tails = "\n".join(f"--- {j.site.name}\n{j.tail()}" for j in joins)
@@ -516,6 +538,10 @@ class ChainSettings:
     num_rounds, local_steps
         Rounds per federated stage and optimisation steps per site and round; a local-only teacher
         gets ``num_rounds * local_steps`` steps, the same as each site of the federated teacher.
+    local_epochs
+        When above 0, passes over each site's training cases per round instead of ``local_steps``.
+    batch_size, teacher_lr, student_lr
+        Patches per step; AdamW learning rates of the teacher stages and of ``distill``/``finetune``.
     spacing_mm
         Isotropic training grid of every model (teachers and student share it: pseudo-labels live on it).
     teacher_patch_vox, student_patch_vox
@@ -532,6 +558,10 @@ class ChainSettings:
 
     num_rounds: int = 2
     local_steps: int = 3
+    local_epochs: int = 0
+    batch_size: int = 1
+    teacher_lr: float = 3e-3
+    student_lr: float = 3e-3
     spacing_mm: float = 3.0
     teacher_patch_vox: int = 32
     student_patch_vox: int = 64
@@ -551,7 +581,9 @@ class ChainSettings:
             "stage": stage,
             "num_rounds": self.num_rounds,
             "local_steps": self.local_steps,
-            "batch_size": 1,
+            "local_epochs": self.local_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.student_lr if student else self.teacher_lr,
             "spacing_mm": self.spacing_mm,
             "patch_size_vox": self.student_patch_vox if student else self.teacher_patch_vox,
             "teacher_filters": self.teacher_filters,
@@ -617,6 +649,7 @@ def run_chain(
     training_sites: Sequence[str],
     settings: ChainSettings,
     on_phase: Callable[[str], None] | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> ChainResult:
     """Local-only teachers, federated teachers, local pseudo-labels, ``distill``, ``finetune``.
 
@@ -631,6 +664,8 @@ def run_chain(
         Model sizes and steps.
     on_phase
         Called with the name of each phase as it starts (progress display).
+    on_round
+        Called with each federated round's progress record as the round ends.
 
     Returns
     -------
@@ -667,7 +702,9 @@ def run_chain(
         began = time.monotonic()
         stage = TEACHER_PREFIX + task
         notify(f"federated {stage}")
-        done = run_stage(fed, settings.run_config(stage, fed.runs_dir), timeout_s=settings.stage_timeout_s)
+        done = run_stage(
+            fed, settings.run_config(stage, fed.runs_dir), timeout_s=settings.stage_timeout_s, on_round=on_round
+        )
         result.stages.append(done)
         result.federated_teachers[task] = done.global_checkpoint
         _timed(result.seconds, stage, began)
@@ -681,7 +718,12 @@ def run_chain(
 
     began = time.monotonic()
     notify("federated distill")
-    done = run_stage(fed, settings.run_config("distill", fed.runs_dir, tasks=tasks), timeout_s=settings.stage_timeout_s)
+    done = run_stage(
+        fed,
+        settings.run_config("distill", fed.runs_dir, tasks=tasks),
+        timeout_s=settings.stage_timeout_s,
+        on_round=on_round,
+    )
     result.stages.append(done)
     result.student_distilled = done.global_checkpoint
     _timed(result.seconds, "distill", began)
@@ -691,7 +733,7 @@ def run_chain(
     finetune = settings.run_config(
         "finetune", fed.runs_dir, tasks=tasks, init_checkpoint=str(done.global_checkpoint.resolve())
     )
-    done = run_stage(fed, finetune, training_sites, timeout_s=settings.stage_timeout_s)
+    done = run_stage(fed, finetune, training_sites, timeout_s=settings.stage_timeout_s, on_round=on_round)
     result.stages.append(done)
     result.student_finetuned = done.global_checkpoint
     _timed(result.seconds, "finetune", began)

@@ -55,6 +55,7 @@ from cardiofm.contracts.federated_run import FederatedRunConfig
 from cardiofm.errors import ConfigError, FederationTimeoutError
 from cardiofm.federated import task
 from cardiofm.federated.aggregation import MetricMean, ServerOptimizer
+from cardiofm.federated.progress import append_entry, round_entry
 from cardiofm.federated.strategy import PartialLabelStrategy, build_strategy
 from cardiofm.federated.streaming import DelegatingGrid, StreamingGrid
 from cardiofm.models.registry import BACKBONE, build_model
@@ -197,6 +198,8 @@ class RoundCheckpoints:
         Rounds completed before this run (a resumed run); Flower's round ``n`` is round ``offset + n``.
     optimizer
         The strategy's server optimiser, pickled beside every round checkpoint (None: FedAvg/FedProx).
+    on_round
+        Called with the round number after each aggregated round is merged and checkpointed (progress).
     """
 
     def __init__(
@@ -206,8 +209,10 @@ class RoundCheckpoints:
         folder: Path,
         offset: int = 0,
         optimizer: ServerOptimizer | None = None,
+        on_round: Callable[[int], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_round = on_round
         self.folder = folder
         self.offset = offset
         self.optimizer = optimizer
@@ -234,6 +239,8 @@ class RoundCheckpoints:
         elif self.offset > 0:
             return None  # a resumed run saved its starting point already (see :func:`_run_stage`)
         self.save(number)
+        if server_round > 0 and self.on_round is not None:
+            self.on_round(number)
         return None
 
     def save(self, number: int) -> Path:
@@ -515,6 +522,8 @@ def _run_stage(grid: Grid, run: FederatedRunConfig, out: Path, summary: dict[str
                 for record in reply.content.metric_records.values():
                     mean.add(dict(record))
         summary["evaluation"] = mean.result()
+        last = recorder.exchanges[-1]
+        append_entry(out, round_entry(run.stage, 1, 1, last.sent, last.metrics, last.seconds))
     else:
         strategy = build_strategy(
             run.strategy,
@@ -529,7 +538,9 @@ def _run_stage(grid: Grid, run: FederatedRunConfig, out: Path, summary: dict[str
                 "from_round": point.round,
                 "server_optimizer": _restore_optimizer(strategy, point),
             }
-        checkpoints = RoundCheckpoints(spec, state, out, offset, strategy.server_optimizer)
+        checkpoints = RoundCheckpoints(
+            spec, state, out, offset, strategy.server_optimizer, _progress_writer(recorder, run, out)
+        )
         if point is not None:  # this run's folder takes over: it can itself be resumed from its first round
             checkpoints.save(offset)
             _write_json(point.folder / SUPERSEDED_FILE, {"resumed_by": out.name, "after_round": offset})
@@ -571,6 +582,21 @@ def _run_stage(grid: Grid, run: FederatedRunConfig, out: Path, summary: dict[str
         _ok(saved),
         len(saved),
     )
+
+
+def _progress_writer(recorder: RecordingGrid, run: FederatedRunConfig, out: Path) -> Callable[[int], None]:
+    """The per-round hook: the round's last train exchange as one ``progress.jsonl`` line (see :mod:`.progress`)."""
+    started = time.monotonic()
+    previous = [started]
+
+    def write(number: int) -> None:
+        now = time.monotonic()
+        trains = [e for e in recorder.exchanges if e.kind == MessageType.TRAIN]
+        last = trains[-1] if trains else Exchange(kind=str(MessageType.TRAIN))
+        append_entry(out, round_entry(run.stage, number, run.num_rounds, last.sent, last.metrics, now - previous[0]))
+        previous[0] = now
+
+    return write
 
 
 def _log_rounds(rounds: list[dict[str, Any]]) -> None:

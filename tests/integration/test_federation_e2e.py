@@ -35,6 +35,7 @@ from cardiofm.contracts.dataset import DatasetManifest
 from cardiofm.contracts.federated_run import SiteNodeConfig
 from cardiofm.federated.fab import build_fab, write_app_dir
 from cardiofm.federated.flwr_cli import format_config
+from cardiofm.federated.progress import read_progress
 from cardiofm.phantoms.federation import FederationSettings, generate_federation
 from cardiofm.pipeline.dag_runner import LocalAirflow, run_dag
 from cardiofm.pipeline.prepare import prepare_site
@@ -269,6 +270,13 @@ def _check_stage(fed: Federation, run_id: int, info: dict[str, Any], stage: str)
         assert entry["train"]["errors"] == 0
         assert entry["seconds"] > 0
     assert summary["final"] == {"checkpoint": "global.pt", "sites": n, "sites_saved_model": n, "sites_shut_down": n}
+    progress = read_progress(folder)  # one line per round, written as each round ended
+    assert [(p["stage"], p["round"], p["rounds"], p["sites_answered"]) for p in progress] == [
+        (stage.replace("-", ":", 1) if stage.startswith("teacher") else stage, r, 2, n) for r in (1, 2)
+    ]
+    for entry in progress:
+        assert entry["loss"] == pytest.approx(float(summary["train_metrics"][str(entry["round"])]["train-loss"]))
+        assert entry["seconds"] > 0
     for name in ("round-000.pt", "round-001.pt", "round-002.pt", "global.pt"):
         assert (folder / name).is_file(), name
     final = load_checkpoint(folder / "global.pt").state_dict
@@ -382,6 +390,9 @@ def test_teacher_pseudolabel_distill_finetune_evaluate_over_loopback(federation:
     assert landmark_points > 0
     assert landmark_points % (landmark_holders * CASES_PER_SITE) == 0  # scored where real landmarks exist
     assert 0.0 <= scores["failure-rate-landmarks"] <= 1.0
+    (line,) = read_progress(fed.out_dir / f"run-{evaluate_id}-evaluate")  # the evaluate stage's one record
+    assert (line["stage"], line["sites_answered"], line["loss"]) == ("evaluate", n, None)
+    assert line["failure-rate-landmarks"] == pytest.approx(scores["failure-rate-landmarks"], abs=1e-3)
     for site in fed.sites:
         (site.work_dir / "run-finished").unlink()
     phase("evaluate")
