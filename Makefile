@@ -16,8 +16,9 @@ AF_STAMP := $(AF_VENV)/.installed
 AF_PYTHON ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
   "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 # Debian packages the tests rely on: Orthanc (a real PACS, DICOMweb and DIMSE) for integration tests,
-# nginx (the coordinator's allowlisting reverse proxy in front of the Flower SuperLink).
-APT_PACKAGES := orthanc orthanc-dicomweb nginx
+# nginx (the coordinator's allowlisting reverse proxy in front of the Flower SuperLink), Chromium (the demo
+# report's render test, headless).
+APT_PACKAGES := orthanc orthanc-dicomweb nginx chromium
 APT_STAMP := .venvs/.apt-installed
 SEED ?= 0
 SITES ?= 3
@@ -39,7 +40,7 @@ help:
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[train,federated,dev]"
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[train,federated,report,dev]"
 	@touch $@
 
 setup: $(STAMP)
@@ -82,8 +83,8 @@ kaapana-check:
 kaapana-files:
 	$(PYTHON) extensions/cardiofm-workflow/stage_files.py
 
-# Debian packages, installed only when missing (needs root or sudo, as on CI).
-$(APT_STAMP):
+# Debian packages, installed only when missing (needs root or sudo, as on CI); checked again when the list changes.
+$(APT_STAMP): Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

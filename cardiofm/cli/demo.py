@@ -17,19 +17,21 @@ federation never reads it.
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from cardiofm.errors import CardioFMError
+from cardiofm.errors import CardioFMError, ConfigError
 from cardiofm.pipeline.dag_runner import LocalAirflow
 
 if TYPE_CHECKING:
     from cardiofm.contracts.federation import FederationRecord
+    from cardiofm.federated.loopback import ChainSettings
     from cardiofm.pipeline.report_step import PrepareResult
 from rich.progress import Progress
 from rich.table import Table
@@ -40,8 +42,16 @@ def demo(
     seed: int = typer.Option(0, "--seed", envvar="SEED", help="Random seed of the synthetic federation."),
     sites: int = typer.Option(3, "--sites", envvar="SITES", min=1, help="Number of hospitals."),
     cases: int = typer.Option(6, "--cases", envvar="CASES", min=1, help="Studies per hospital."),
-    rounds: int = typer.Option(2, "--rounds", min=1, help="Rounds of every federated stage."),
-    local_steps: int = typer.Option(3, "--local-steps", min=1, help="Training steps per site and round."),
+    profile_name: str = typer.Option(
+        "demo",
+        "--profile",
+        help="Chain settings: demo (2 CPU cores, minutes) or paper (the paper's sizes; GPUs, refused on a CPU).",
+    ),
+    rounds: int | None = typer.Option(None, "--rounds", min=1, help="Rounds of every federated stage (profile's)."),
+    local_steps: int | None = typer.Option(
+        None, "--local-steps", min=1, help="Training steps per site and round (replaces the profile's)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Run a GPU profile without a GPU anyway."),
     airflow_python: Path | None = typer.Option(
         None,
         "--airflow-python",
@@ -51,12 +61,20 @@ def demo(
 ) -> None:
     """Run the demo: synthetic hospitals, their datasets, the federated chain on loopback, and its evaluation."""
     from cardiofm.constants import DOWNSTREAM_TASKS, TASKS
+    from cardiofm.federated.profiles import get_profile, with_overrides
     from cardiofm.phantoms.federation import FederationSettings, generate_federation
     from cardiofm.phantoms.summary import summary_rows, summary_table
 
     label_columns = (*TASKS, *DOWNSTREAM_TASKS)
     console = Console(width=max(Console().width, 150))
     err = Console(stderr=True)
+    try:
+        profile = with_overrides(get_profile(profile_name), num_rounds=rounds, local_steps=local_steps)
+        check_device(profile.needs_gpu, force, profile.name)
+    except CardioFMError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(exc.exit_code) from exc
+    console.print(f"profile {profile.name}: {profile.description}")
     start = time.perf_counter()
     airflow = LocalAirflow(airflow_python, out / "airflow") if airflow_python else None
     if airflow is not None:
@@ -111,7 +129,7 @@ def demo(
     console.print(table)
     t_prepare = time.perf_counter() - start - t_generate
     try:
-        outcome = run_federated_demo(out, record, console, err, seed, rounds, local_steps, airflow)
+        outcome = run_federated_demo(out, record, console, err, replace(profile.settings, seed=seed, airflow=airflow))
     except CardioFMError as exc:
         err.print(f"[bold red]demo failed:[/] {exc}")
         tail = getattr(exc, "log_tail", "")
@@ -129,10 +147,42 @@ def demo(
         "federation": {"sites": summary_rows(record), "prepared": prepared, **outcome.federation},
         "results": outcome.results,
     }
+    results["curves"] = outcome.curves
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    from cardiofm.evaluation.html_report import write_report
+
+    report = write_report(json.loads(json.dumps(results, default=str)), out / "report.html")
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
     console.print(f"time per phase: {phases}")
-    console.print(f"[bold]total {seconds / 60:.1f} min[/]; results in {out / 'results.json'}")
+    console.print(f"[bold]total {seconds / 60:.1f} min[/]; results in {out / 'results.json'}, plots in {report}")
+
+
+def check_device(needs_gpu: bool, force: bool, name: str) -> None:
+    """Refuse a GPU profile on a machine without CUDA, unless forced.
+
+    Raises
+    ------
+    ConfigError
+        If the profile needs a GPU, none is visible to torch, and ``force`` is off.
+    """
+    if not needs_gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if not force:
+        raise ConfigError(
+            f"profile {name!r} needs a GPU and torch sees none; on this CPU it would take weeks. Use the demo "
+            "profile, run on a machine with a GPU (bench/gpu_check.sh checks one), or pass --force to run it anyway"
+        )
+
+
+def train_cases(dataset: Path) -> int:
+    """Cases of the dataset's train split."""
+    from cardiofm.training.data import load_manifest
+
+    return sum(c.split == "train" for c in load_manifest(dataset).cases)
 
 
 def prepare_one_site(site_dir: Path, dataset: Path, airflow: LocalAirflow | None) -> PrepareResult:
@@ -155,6 +205,8 @@ class _Outcome:
     results: dict[str, object]
     federation: dict[str, object]
     seconds: dict[str, float]
+    #: ``federated``: stage → its rounds' progress records; ``local``: task → site → loss per round-equivalent.
+    curves: dict[str, object]
 
 
 def run_federated_demo(
@@ -162,22 +214,27 @@ def run_federated_demo(
     record: FederationRecord,
     console: Console,
     err: Console,
-    seed: int,
-    rounds: int,
-    local_steps: int,
-    airflow: LocalAirflow | None = None,
+    settings: ChainSettings,
 ) -> _Outcome:
     """The chain on a loopback federation, then the evaluation tables; raises on any failed stage."""
     from cardiofm.constants import TASKS
     from cardiofm.evaluation.evaluate import phantom_truth
     from cardiofm.evaluation.report import DemoModels, Evaluator, case_views, model_results, results_table
-    from cardiofm.federated.loopback import ChainSettings, loopback_federation, run_chain
+    from cardiofm.federated.loopback import labelled_tasks, loopback_federation, run_chain
+    from cardiofm.federated.profiles import estimate_gpu_hours
+    from cardiofm.federated.progress import format_entry
 
     datasets = {s.site_id: out / "datasets" / s.site_id for s in record.sites}
     datasets = {name: path for name, path in datasets.items() if (path / "manifest.json").is_file()}
     training = [s.site_id for s in record.sites if not s.held_out and s.site_id in datasets]
     heldout = [s.site_id for s in record.sites if s.held_out and s.site_id in datasets]
-    settings = ChainSettings(num_rounds=rounds, local_steps=local_steps, seed=seed, airflow=airflow)
+    held = {name: labelled_tasks(datasets[name]) for name in training}
+    cases = {name: train_cases(datasets[name]) for name in datasets}
+    hours = estimate_gpu_hours(settings, cases, held)
+    console.print(
+        "expected GPU hours of training per site (one current data-centre GPU, bf16): "
+        + ", ".join(f"{site} {h:.2f} h" for site, h in hours.items())
+    )
     began = time.perf_counter()
     with Progress(console=err, transient=True) as bar:
         step = bar.add_task("starting the coordinator (CA, site keys, SuperLink, proxy)", total=None)
@@ -187,7 +244,17 @@ def run_federated_demo(
                 f"(Fleet API only); sites pin app bundle sha256 {fed.fab_sha256[:16]}…"
             )
             start_s = round(time.perf_counter() - began, 1)
-            chain = run_chain(fed, training, settings, on_phase=lambda phase: bar.update(step, description=phase))
+
+            def on_round(entry: dict[str, object]) -> None:  # one line per round, also when not on a terminal
+                (bar.console if console.is_terminal else console).print(format_entry(entry), highlight=False)
+
+            chain = run_chain(
+                fed,
+                training,
+                settings,
+                on_phase=lambda phase: bar.update(step, description=phase),
+                on_round=on_round,
+            )
     seconds = {"coordinator start": start_s, **chain.seconds}
     began = time.perf_counter()
     views = out / "evaluation" / "views"
@@ -210,10 +277,17 @@ def run_federated_demo(
         "settings": {
             "rounds": settings.num_rounds,
             "local_steps": settings.local_steps,
+            "local_epochs": settings.local_epochs,
+            "batch_size": settings.batch_size,
+            "teacher_lr": settings.teacher_lr,
+            "student_lr": settings.student_lr,
+            "teacher_patch_vox": settings.teacher_patch_vox,
+            "student_patch_vox": settings.student_patch_vox,
             "spacing_mm": settings.spacing_mm,
             "teacher_filters": list(settings.teacher_filters),
             "student_feature_size": settings.student_feature_size,
         },
+        "expected_gpu_hours_per_site": hours,
         "runs": [
             {
                 "stage": r.stage,
@@ -226,4 +300,21 @@ def run_federated_demo(
         ],
         "pseudo_labelled": chain.pseudo_labelled,
     }
-    return _Outcome(dict(results), federation, seconds)
+    curves: dict[str, object] = {
+        "federated": {r.stage: r.progress() for r in chain.stages},
+        "local": {
+            task: {site: local_curve(path, settings.num_rounds) for site, path in by_site.items()}
+            for task, by_site in chain.local_teachers.items()
+        },
+    }
+    return _Outcome(dict(results), federation, seconds, curves)
+
+
+def local_curve(checkpoint: Path, rounds: int) -> list[dict[str, float]]:
+    """A local-only teacher's training loss per round-equivalent: its steps in ``rounds`` equal blocks."""
+    from cardiofm.training.checkpoint import load_checkpoint
+
+    losses = [h["loss"] for h in load_checkpoint(checkpoint).history]
+    size = max(1, math.ceil(len(losses) / rounds))
+    blocks = [losses[i : i + size] for i in range(0, len(losses), size)]
+    return [{"round": n + 1, "loss": round(sum(b) / len(b), 4)} for n, b in enumerate(blocks) if b]

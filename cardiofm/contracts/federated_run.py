@@ -104,6 +104,9 @@ class FederatedRunConfig(BaseModel):
         Whether every round ends with a federated evaluation of the new global model.
     local_steps
         Optimisation steps per site and round.
+    local_epochs
+        When above 0, each site instead trains this many passes over its own training cases per round
+        (steps = epochs × ⌈cases / batch size⌉, so a larger site trains more steps, as in the paper).
     batch_size, patch_size_vox, learning_rate
         Local training: patches per step, cubic patch edge (voxels), base learning rate.
     spacing_mm
@@ -145,6 +148,7 @@ class FederatedRunConfig(BaseModel):
     resume: bool = False
     evaluate_each_round: bool = False
     local_steps: int = Field(default=50, ge=1)
+    local_epochs: int = Field(default=0, ge=0)
     batch_size: int = Field(default=2, ge=1)
     patch_size_vox: int = Field(default=64, ge=8)
     learning_rate: float = Field(default=3e-3, gt=0.0)

@@ -77,6 +77,8 @@ class StageSpec:
         FedProx weight (0: plain local training).
     eval_split
         Cases a site evaluates on (``test`` or ``all``).
+    local_epochs
+        Passes over the site's training cases per round (0: ``train.steps`` steps).
     """
 
     stage: str
@@ -85,6 +87,7 @@ class StageSpec:
     freeze: Freeze = "none"
     proximal_mu: float = 0.0
     eval_split: str = "test"
+    local_epochs: int = 0
 
     @property
     def slug(self) -> str:
@@ -105,6 +108,7 @@ class StageSpec:
             "freeze": self.freeze,
             "proximal-mu": float(self.proximal_mu),
             "eval-split": self.eval_split,
+            "local-epochs": int(self.local_epochs),
         }
 
     @classmethod
@@ -123,6 +127,7 @@ class StageSpec:
             if freeze not in get_args(Freeze):
                 raise ConfigError(f"unknown freeze mode {freeze!r}; known: {list(get_args(Freeze))}")
             mu = config.get("proximal-mu", 0.0)
+            epochs = config.get("local-epochs", 0)
             return cls(
                 stage=str(config["stage"]),
                 model=model,
@@ -130,6 +135,7 @@ class StageSpec:
                 freeze=freeze,  # type: ignore[arg-type]  # checked against Freeze above
                 proximal_mu=float(mu) if isinstance(mu, int | float) else 0.0,
                 eval_split=str(config.get("eval-split", "test")),
+                local_epochs=int(epochs) if isinstance(epochs, int) else 0,
             )
         except KeyError as exc:
             raise ConfigError(
@@ -219,6 +225,7 @@ def stage_spec(run: FederatedRunConfig, init: Checkpoint | None = None) -> Stage
         freeze="backbone" if kind == "finetune" else "none",
         proximal_mu=run.proximal_mu,
         eval_split=run.eval_split,
+        local_epochs=run.local_epochs,
     )
 
 
@@ -356,7 +363,7 @@ def train_local(site: SiteNodeConfig, spec: StageSpec, global_state: State, serv
         logger.info("no labels for %s at this site; nothing trained this round", list(cfg.tasks))
         return LocalUpdate({}, dict.fromkeys(heads, 0), 0, seconds=time.perf_counter() - start)
     used = [s for s in samples if any(_has(s, t) for t in trained)]
-    cfg = cfg.model_copy(update={"tasks": trained})
+    cfg = cfg.model_copy(update={"tasks": trained, **epoch_steps(spec.local_epochs, len(used), cfg)})
     scratch = site.work_dir / SCRATCH_DIR / f"{spec.slug}-local.pt"
     result = train(
         used, cfg, spec.model, scratch, init_state=global_state, freeze=spec.freeze, proximal_mu=spec.proximal_mu
@@ -372,6 +379,14 @@ def train_local(site: SiteNodeConfig, spec: StageSpec, global_state: State, serv
         losses=_mean_losses(result.history, heads),
         seconds=time.perf_counter() - start,
     )
+
+
+def epoch_steps(epochs: int, cases: int, cfg: TrainConfig) -> dict[str, int]:
+    """``steps`` and ``warmup_steps`` for ``epochs`` passes over ``cases`` (empty for 0 epochs: keep ``cfg``'s)."""
+    if epochs <= 0:
+        return {}
+    steps = max(1, epochs * math.ceil(cases / cfg.batch_size))
+    return {"steps": steps, "warmup_steps": min(cfg.warmup_steps, steps // 4)}
 
 
 def _save(path: Path, spec: StageSpec, state: State) -> Path:
@@ -499,6 +514,8 @@ def train_local_teacher(dataset: Path, run: FederatedRunConfig, steps: int, out:
     """A site's local-only teacher: the model and settings of ``run``'s teacher stage, trained on this site alone.
 
     The comparison the federated teacher must beat (``cardiofm step train-local``, the demo's local teachers).
+    It trains ``steps`` steps; with ``local-epochs`` set, the passes a federated site makes instead
+    (``num_rounds × local_epochs`` over its training cases).
 
     Raises
     ------
@@ -512,4 +529,7 @@ def train_local_teacher(dataset: Path, run: FederatedRunConfig, steps: int, out:
     samples = load_training_samples([dataset], cfg, "train")
     if not samples:
         raise MissingResourceError(f"no training case labelled for {run.stage!r} in this site's dataset")
+    if run.local_epochs > 0:  # the passes a federated site makes: num_rounds × local_epochs over its cases
+        steps = run.num_rounds * epoch_steps(run.local_epochs, len(samples), cfg)["steps"]
+        cfg = cfg.model_copy(update={"steps": steps, "warmup_steps": min(10, steps // 4)})
     return train(samples, cfg, spec.model, out).checkpoint
