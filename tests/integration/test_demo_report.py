@@ -162,3 +162,12 @@ def test_demo_cli_writes_results(tmp_path: Path) -> None:
     assert "cardiofm-prepare DAG in Airflow" in proc.stdout
     for task in TASKS:
         assert task in proc.stdout
+    # one line per round on stdout (not a terminal here), the curves in results.json, the page with its plots
+    for stage in stages:
+        assert f"{stage} round 1/1, " in proc.stdout, stage
+    curves = saved["curves"]
+    assert set(curves["federated"]) == set(stages)
+    assert all(len(rounds) == 1 for rounds in curves["federated"].values())
+    assert curves["local"]
+    assert "expected_gpu_hours_per_site" in saved["federation"]
+    assert (out / "report.html").read_text().count("<svg") == 2
