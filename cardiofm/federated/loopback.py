@@ -408,10 +408,14 @@ def _wait_for_run(
     deadline = time.monotonic() + timeout_s
     next_status = time.monotonic()
     last = ""
-    while True:
+
+    def report_rounds() -> None:
         if progress is not None and on_round is not None:
             for entry in progress.new_entries():
                 on_round(entry)
+
+    while True:
+        report_rounds()
         now = time.monotonic()
         codes = [join.proc.poll() for join in joins]
         if now >= next_status or all(code == 0 for code in codes):
@@ -420,9 +424,7 @@ def _wait_for_run(
                 log.info("run %d: %s", run_id, status)
                 last = status
             if status.startswith("finished"):
-                if progress is not None and on_round is not None:
-                    for entry in progress.new_entries():
-                        on_round(entry)
+                report_rounds()  # the last round's line may have come after this loop's read
                 return status
             next_status = now + (POLL_S if all(code == 0 for code in codes) else STATUS_POLL_S)
         for join, code in zip(joins, codes, strict=True):

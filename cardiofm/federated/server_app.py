@@ -586,15 +586,15 @@ def _run_stage(grid: Grid, run: FederatedRunConfig, out: Path, summary: dict[str
 
 def _progress_writer(recorder: RecordingGrid, run: FederatedRunConfig, out: Path) -> Callable[[int], None]:
     """The per-round hook: the round's last train exchange as one ``progress.jsonl`` line (see :mod:`.progress`)."""
-    started = time.monotonic()
-    previous = [started]
+    previous = time.monotonic()
 
     def write(number: int) -> None:
+        nonlocal previous
         now = time.monotonic()
         trains = [e for e in recorder.exchanges if e.kind == MessageType.TRAIN]
         last = trains[-1] if trains else Exchange(kind=str(MessageType.TRAIN))
-        append_entry(out, round_entry(run.stage, number, run.num_rounds, last.sent, last.metrics, now - previous[0]))
-        previous[0] = now
+        append_entry(out, round_entry(run.stage, number, run.num_rounds, last.sent, last.metrics, now - previous))
+        previous = now
 
     return write
 
