@@ -11,6 +11,7 @@ Conventions used throughout cardiofm:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,3 +149,28 @@ class Grid:
         ni, nj, nk = (n - 1 for n in self.shape)
         corners = np.array([[i, j, k] for i in (0, ni) for j in (0, nj) for k in (0, nk)], dtype=np.float64)
         return self.index_to_lps(corners)
+
+
+def canonical_grid(grid: Grid) -> Grid:
+    """The same voxel centres, re-indexed so that the i, j, k axes point as nearly as possible along +L, +P, +S.
+
+    Axes are only permuted and flipped (no interpolation is needed to move an array onto it, and an oblique
+    grid stays oblique). A network then sees every scan the same way round whatever the patient position
+    (head or feet first, supine or prone) and the scanner's storage order; without it, a prone scan shows
+    the heart upside down to a model trained on supine ones.
+    """
+    d = grid.direction_matrix
+    # the axis permutation with the largest total alignment: world axis w takes source axis perm[w]
+    perm = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[w, p[w]]) for w in range(3)))
+    signs = [1.0 if d[w, perm[w]] >= 0 else -1.0 for w in range(3)]
+    first = [0.0, 0.0, 0.0]
+    for w, axis in enumerate(perm):
+        if signs[w] < 0:
+            first[axis] = grid.shape[axis] - 1.0
+    direction = np.stack([signs[w] * d[:, perm[w]] for w in range(3)], axis=1)
+    return Grid(
+        shape=(grid.shape[perm[0]], grid.shape[perm[1]], grid.shape[perm[2]]),
+        spacing_mm=(grid.spacing_mm[perm[0]], grid.spacing_mm[perm[1]], grid.spacing_mm[perm[2]]),
+        origin_lps_mm=as_point(grid.index_to_lps(first)),
+        direction=as_direction(direction),
+    )

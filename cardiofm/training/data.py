@@ -29,7 +29,7 @@ from cardiofm.constants import IGNORE_LABEL, MASK_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.dataset import DatasetManifest, ManifestCase
 from cardiofm.contracts.preprocessing import PreprocessingConfig
 from cardiofm.errors import InputDataError
-from cardiofm.imaging.geometry import Grid
+from cardiofm.imaging.geometry import Grid, canonical_grid
 from cardiofm.imaging.nifti import load_nifti
 from cardiofm.imaging.resample import resample_onto, target_grid
 from cardiofm.labels.encoding import LandmarkEncoding, encode_landmarks
@@ -88,12 +88,18 @@ def load_manifest(dataset_dir: Path) -> DatasetManifest:
 
 
 def load_image(case_dir: Path, pre: PreprocessingConfig) -> tuple[F32, Grid]:
-    """The case's HU image resampled (if needed) to the training spacing, not yet normalised."""
+    """The case's HU image on its training grid, not yet normalised.
+
+    The training grid has the training spacing and the canonical axis order (:func:`canonical_grid`: i, j, k
+    along +L, +P, +S), so every model sees every scan the same way round; labels, heart maps and pseudo-labels
+    are all placed on this grid.
+    """
     data, grid = load_nifti(case_dir / "image.nii.gz", float32=True)
     hu = np.asarray(data, dtype=np.float32)
-    if all(abs(s - pre.spacing_mm) < 1e-3 for s in grid.spacing_mm):
+    canonical = canonical_grid(grid)
+    if canonical == grid and all(abs(s - pre.spacing_mm) < 1e-3 for s in grid.spacing_mm):
         return hu, grid
-    target = target_grid(grid, pre.spacing_mm)
+    target = target_grid(canonical, pre.spacing_mm)
     out = resample_onto(hu, grid, target, order=1, fill_value=pre.hu_clip_low)
     return np.asarray(out, dtype=np.float32), target
 
