@@ -277,10 +277,13 @@ def run_federated_demo(
         "settings": {
             "rounds": settings.num_rounds,
             "local_steps": settings.local_steps,
+            "student_local_steps": settings.student_local_steps or settings.local_steps,
             "local_epochs": settings.local_epochs,
             "batch_size": settings.batch_size,
             "teacher_lr": settings.teacher_lr,
             "student_lr": settings.student_lr,
+            "foreground_fraction": settings.foreground_fraction,
+            "landmark_radius_mm": settings.landmark_radius_mm,
             "teacher_patch_vox": settings.teacher_patch_vox,
             "student_patch_vox": settings.student_patch_vox,
             "spacing_mm": settings.spacing_mm,

@@ -109,6 +109,12 @@ class FederatedRunConfig(BaseModel):
         (steps = epochs × ⌈cases / batch size⌉, so a larger site trains more steps, as in the paper).
     batch_size, patch_size_vox, learning_rate
         Local training: patches per step, cubic patch edge (voxels), base learning rate.
+    foreground_fraction
+        Share of training patches centred on a labelled structure (the rest are drawn anywhere in the crop).
+    landmark_radius_mm
+        Radius of the spheres that landmark and septum points are trained as (a stage that starts from a
+        checkpoint keeps the checkpoint's radius, so a student is fine-tuned on the spheres its teachers
+        were trained on).
     spacing_mm
         Training spacing (isotropic); must be the same for the teachers and the student, since
         pseudo-labels live on that grid.
@@ -152,6 +158,8 @@ class FederatedRunConfig(BaseModel):
     batch_size: int = Field(default=2, ge=1)
     patch_size_vox: int = Field(default=64, ge=8)
     learning_rate: float = Field(default=3e-3, gt=0.0)
+    foreground_fraction: float = Field(default=0.67, ge=0.0, le=1.0)
+    landmark_radius_mm: float = Field(default=4.0, gt=0.0)
     spacing_mm: float = Field(default=1.0, gt=0.0)
     tasks: tuple[str, ...] = TASKS
     teacher_filters: tuple[int, ...] = (32, 64, 128, 256, 320)

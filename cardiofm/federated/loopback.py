@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -540,10 +542,15 @@ class ChainSettings:
     num_rounds, local_steps
         Rounds per federated stage and optimisation steps per site and round; a local-only teacher
         gets ``num_rounds * local_steps`` steps, the same as each site of the federated teacher.
+    student_local_steps
+        Steps per site and round of ``distill`` and ``finetune`` (None: ``local_steps``); the student's step
+        costs several teacher steps.
     local_epochs
         When above 0, passes over each site's training cases per round instead of ``local_steps``.
     batch_size, teacher_lr, student_lr
         Patches per step; AdamW learning rates of the teacher stages and of ``distill``/``finetune``.
+    foreground_fraction, landmark_radius_mm
+        Share of patches centred on a labelled structure; radius of the spheres points are trained as.
     spacing_mm
         Isotropic training grid of every model (teachers and student share it: pseudo-labels live on it).
     teacher_patch_vox, student_patch_vox
@@ -560,10 +567,13 @@ class ChainSettings:
 
     num_rounds: int = 2
     local_steps: int = 3
+    student_local_steps: int | None = None
     local_epochs: int = 0
     batch_size: int = 1
     teacher_lr: float = 3e-3
     student_lr: float = 3e-3
+    foreground_fraction: float = 0.67
+    landmark_radius_mm: float = 4.0
     spacing_mm: float = 3.0
     teacher_patch_vox: int = 32
     student_patch_vox: int = 64
@@ -582,10 +592,12 @@ class ChainSettings:
         values: dict[str, object] = {
             "stage": stage,
             "num_rounds": self.num_rounds,
-            "local_steps": self.local_steps,
+            "local_steps": (self.student_local_steps or self.local_steps) if student else self.local_steps,
             "local_epochs": self.local_epochs,
             "batch_size": self.batch_size,
             "learning_rate": self.student_lr if student else self.teacher_lr,
+            "foreground_fraction": self.foreground_fraction,
+            "landmark_radius_mm": self.landmark_radius_mm,
             "spacing_mm": self.spacing_mm,
             "patch_size_vox": self.student_patch_vox if student else self.teacher_patch_vox,
             "teacher_filters": self.teacher_filters,
@@ -642,6 +654,29 @@ def train_local_teacher(dataset: Path, task: str, settings: ChainSettings, out: 
     return train_alone(dataset, run, settings.num_rounds * settings.local_steps, out)
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def train_local_teachers(
+    jobs: Sequence[tuple[str, str, Path, Path]], settings: ChainSettings, workers: int | None = None
+) -> list[Path]:
+    """Local-only teachers ``(task, site, dataset, out)``, trained side by side, one process and thread each.
+
+    They are independent (each site trains alone), so they run like the sites do: in parallel, here on at
+    most ``workers`` processes (default: one per CPU core). Returns the checkpoints in the order of ``jobs``.
+    """
+    if not jobs:
+        return []
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        futures = [pool.submit(train_local_teacher, dataset, task, settings, path) for task, _, dataset, path in jobs]
+        return [f.result() for f in futures]
+
+
 def _timed(seconds: dict[str, float], phase: str, began: float) -> None:
     seconds[phase] = round(time.monotonic() - began, 1)
 
@@ -691,13 +726,14 @@ def run_chain(
 
     began = time.monotonic()
     notify("local-only teachers")
-    for task in tasks:
-        for name in training_sites:
-            if task in held[name]:
-                path = out / name / f"teacher-{task}.pt"
-                result.local_teachers.setdefault(task, {})[name] = train_local_teacher(
-                    fed.site(name).dataset, task, settings, path
-                )
+    jobs = [
+        (task, name, fed.site(name).dataset, out / name / f"teacher-{task}.pt")
+        for task in tasks
+        for name in training_sites
+        if task in held[name]
+    ]
+    for (task, name, _, _), path in zip(jobs, train_local_teachers(jobs, settings), strict=True):
+        result.local_teachers.setdefault(task, {})[name] = path
     _timed(result.seconds, "local-only teachers", began)
 
     for task in tasks:

@@ -37,7 +37,7 @@ from cardiofm.errors import ConfigError, MissingResourceError
 from cardiofm.models.config import HEAD_CHANNELS, STUDENT, ModelConfig, load_model_config
 from cardiofm.models.registry import BACKBONE, build_model, group_of
 from cardiofm.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from cardiofm.training.config import TrainConfig
+from cardiofm.training.config import EncodingConfig, TrainConfig
 from cardiofm.training.data import Sample
 from cardiofm.training.trainer import Freeze, load_training_samples, train
 
@@ -174,6 +174,7 @@ def stage_spec(run: FederatedRunConfig, init: Checkpoint | None = None) -> Stage
     """
     kind = run.stage_kind
     preprocessing = PreprocessingConfig(spacing_mm=run.spacing_mm)
+    encoding = EncodingConfig(radius_mm=run.landmark_radius_mm)
     tasks = run.stage_tasks
     if kind == "teacher":
         model = ModelConfig.teacher(tasks[0], filters=run.teacher_filters, heart_conditioning=run.heart_conditioning)
@@ -191,6 +192,7 @@ def stage_spec(run: FederatedRunConfig, init: Checkpoint | None = None) -> Stage
         model = init.model_config
     if init is not None:
         preprocessing = init.train_config.preprocessing
+        encoding = init.train_config.encoding
         missing = [t for t in tasks if t not in model.heads]
         if missing and kind != "teacher":
             if kind == "evaluate":
@@ -215,6 +217,8 @@ def stage_spec(run: FederatedRunConfig, init: Checkpoint | None = None) -> Stage
         steps=run.local_steps,
         learning_rate=run.learning_rate,
         warmup_steps=min(10, run.local_steps // 4),
+        foreground_fraction=run.foreground_fraction,
+        encoding=encoding,
         preprocessing=preprocessing,
         seed=run.seed,
     )
