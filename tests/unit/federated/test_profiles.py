@@ -42,6 +42,28 @@ def test_paper_profile_carries_the_papers_settings_into_every_stage(tmp_path: Pa
     assert StageSpec.from_config(teacher.to_config()).local_epochs == 10
 
 
+def test_demo_profile_carries_its_training_settings_to_teachers_and_student(tmp_path: Path) -> None:
+    demo = get_profile("demo").settings
+    assert not get_profile("demo").needs_gpu
+    teacher = stage_spec(demo.run_config("teacher:septum", tmp_path))
+    assert teacher.train.preprocessing.spacing_mm == 4.0
+    assert teacher.train.patch_size == (24, 24, 24)
+    assert teacher.train.encoding.radius_mm == 6.0
+    assert teacher.train.foreground_fraction == 0.67
+    assert (teacher.train.steps, teacher.train.learning_rate) == (500, 1e-2)
+    student = stage_spec(demo.run_config("distill", tmp_path, tasks=("landmarks", "septum")))
+    assert student.train.steps == 10  # the student's step costs ~36 teacher steps on a CPU
+    assert student.train.encoding.radius_mm == 6.0
+    # the settings survive the trip to the sites (a Flower ConfigRecord)
+    from cardiofm.federated.task import StageSpec
+
+    back = StageSpec.from_config(teacher.to_config())
+    assert (back.train.encoding.radius_mm, back.train.foreground_fraction) == (6.0, 0.67)
+    # --local-steps replaces the steps of every stage, the student's too
+    quick = with_overrides(get_profile("demo"), local_steps=3).settings
+    assert stage_spec(quick.run_config("distill", tmp_path, tasks=("landmarks",))).train.steps == 3
+
+
 def test_epochs_become_steps_per_site() -> None:
     cfg = TrainConfig(tasks=("landmarks",), batch_size=2, warmup_steps=10)
     assert epoch_steps(10, 45, cfg) == {"steps": 230, "warmup_steps": 10}  # 10 × ceil(45 / 2)
