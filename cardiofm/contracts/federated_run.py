@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cardiofm import __version__
 from cardiofm.constants import DOWNSTREAM_TASKS, TASKS
 from cardiofm.errors import ConfigError
 
@@ -284,6 +285,9 @@ class SiteNodeConfig(BaseModel):
         (``models/``), pseudo-labels (``pseudo-labels/``), scratch checkpoints, the done marker.
     site_name
         Optional display name for the site's own logs; never sent to the coordinator.
+    worker_socket, worker_key_file
+        The site worker's socket and key file (:mod:`cardiofm.federated.site_worker`), set by ``site join``;
+        empty: the ClientApp does the work in its own process.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -291,6 +295,8 @@ class SiteNodeConfig(BaseModel):
     dataset: Path
     work_dir: Path
     site_name: str = ""
+    worker_socket: str = ""
+    worker_key_file: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> Self:
@@ -312,3 +318,18 @@ class SiteNodeConfig(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise _config_error(exc, "node config") from exc
+
+
+def check_version(run: FederatedRunConfig) -> None:
+    """Refuse a run built for another cardiofm version (app bundle and installed package must match).
+
+    Raises
+    ------
+    ConfigError
+        If ``cardiofm-version`` is set and differs from the installed version.
+    """
+    if run.cardiofm_version and run.cardiofm_version != __version__:
+        raise ConfigError(
+            f"the run was built for cardiofm {run.cardiofm_version}, this installation is {__version__}; "
+            "install the consortium's release here or rebuild the app bundle"
+        )

@@ -18,20 +18,16 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from cardiofm.contracts.dataset import DatasetManifest
-from cardiofm.contracts.federated_run import FederatedRunConfig, SiteNodeConfig
+from cardiofm.contracts.federated_run import FederatedRunConfig, SiteNodeConfig, check_version
 from cardiofm.errors import CardioFMError, ConfigError
+from cardiofm.federated.site_worker import run_at_site
 from cardiofm.federated.supernode import mark_run_finished
-
-if TYPE_CHECKING:  # torch and the model code load only in the handlers that train, evaluate or save
-    import torch
-
-    from cardiofm.federated.task import StageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +78,10 @@ def _scrubbed(handler: Handler) -> Handler:
     return wrapper
 
 
-def _setup(msg: Message, context: Context) -> tuple[SiteNodeConfig, StageSpec]:
-    from cardiofm.federated import task
-
-    run = FederatedRunConfig.from_run_config(context.run_config)
-    task.check_version(run)
-    site = SiteNodeConfig.from_node_config(context.node_config)
-    config = msg.content.config_records.get("config", ConfigRecord())
-    return site, task.StageSpec.from_config(dict(config))
+def _spec_config(msg: Message, context: Context) -> dict[str, object]:
+    """The stage settings the coordinator sent, after checking that it runs this cardiofm version."""
+    check_version(FederatedRunConfig.from_run_config(context.run_config))
+    return dict(msg.content.config_records.get("config", ConfigRecord()))
 
 
 def _round(msg: Message) -> int:
@@ -104,33 +96,32 @@ def _metrics(values: Mapping[str, int | float]) -> MetricRecord:
     return MetricRecord(record)
 
 
-def _global_state(msg: Message) -> dict[str, torch.Tensor]:
+def _global_arrays(msg: Message) -> dict[str, np.ndarray]:
     arrays = msg.content.array_records.get("arrays")
     if arrays is None:
         raise ConfigError("the coordinator's message carries no model ('arrays')")
-    return dict(arrays.to_torch_state_dict())
+    return {name: array.numpy() for name, array in arrays.items()}
+
+
+def _at_site(op: str, msg: Message, context: Context) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
+    """The message's work, done by the site's worker (or here without one): :mod:`~cardiofm.federated.site_worker`."""
+    return run_at_site(context.node_config, op, _spec_config(msg, context), _global_arrays(msg), _round(msg))
 
 
 @app.train()
 @_scrubbed
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; reply: trained tensors + ``num-examples``, ``n-<head>``, losses."""
-    from cardiofm.federated import task
-
-    site, spec = _setup(msg, context)
-    update = task.train_local(site, spec, _global_state(msg), _round(msg))
-    content = RecordDict({"arrays": ArrayRecord(update.arrays), "metrics": _metrics(update.metrics())})
-    return Message(content=content, reply_to=msg)
+    arrays, metrics = _at_site("train", msg, context)
+    record = ArrayRecord({name: Array.from_numpy_ndarray(value) for name, value in arrays.items()})
+    return Message(content=RecordDict({"arrays": record, "metrics": _metrics(metrics)}), reply_to=msg)
 
 
 @app.evaluate()
 @_scrubbed
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model on this site's cases; reply: counts and summary metrics only."""
-    from cardiofm.federated import task
-
-    site, spec = _setup(msg, context)
-    metrics = task.evaluate_local(site, spec, _global_state(msg))
+    _, metrics = _at_site("evaluate", msg, context)
     return Message(content=RecordDict({"metrics": _metrics(metrics)}), reply_to=msg)
 
 
@@ -141,11 +132,7 @@ def query(msg: Message, context: Context) -> Message:
     config = msg.content.config_records.get("config", ConfigRecord())
     action = config.get("action")
     if action == "save-model":
-        from cardiofm.federated import task
-
-        site, spec = _setup(msg, context)
-        task.save_global_model(site, spec, _global_state(msg))
-        reply = {"saved": 1}
+        _, reply = _at_site("save-model", msg, context)
     elif action == "shutdown":
         mark_run_finished(context.node_config, context.run_id)
         reply = {"finished": 1}

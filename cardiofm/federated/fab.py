@@ -8,7 +8,7 @@ Design
   installed package, so the code that runs at a site is the code of the site's reviewed image.
 * The same version everywhere: the bundle names ``cardiofm==<version>`` in its dependencies and carries
   ``cardiofm-version`` in its run config; the ServerApp and every ClientApp refuse to run when their
-  installed version differs (:func:`cardiofm.federated.task.check_version`).
+  installed version differs (:func:`cardiofm.contracts.federated_run.check_version`).
 * A clean staging folder: only the generated files are bundled, never DAGs, charts or weights lying
   next to a repository-level app. The folder is named ``cardiofm-fl`` (``flwr build`` rejects ``_``).
 * ``[tool.flwr.app.config]`` lists every key of

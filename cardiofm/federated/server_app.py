@@ -51,7 +51,7 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 
 from cardiofm import __version__
-from cardiofm.contracts.federated_run import FederatedRunConfig
+from cardiofm.contracts.federated_run import FederatedRunConfig, check_version
 from cardiofm.errors import ConfigError, FederationTimeoutError
 from cardiofm.federated import task
 from cardiofm.federated.aggregation import MetricMean, ServerOptimizer
@@ -474,7 +474,7 @@ def run_stage(grid: Grid, run: FederatedRunConfig, run_id: int) -> Path:
     FederationTimeoutError
         If fewer than ``min-nodes`` sites connect, or answer a round, within ``round-timeout-s``.
     """
-    task.check_version(run)
+    check_version(run)
     started = time.monotonic()
     out = run_dir(run, run_id)
     out.mkdir(parents=True, exist_ok=True)

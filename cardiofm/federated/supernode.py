@@ -3,7 +3,8 @@
 Two pieces:
 
 * :func:`join` runs one SuperNode as a **finite task** (an Airflow task at the hospital): it starts
-  the SuperNode with TLS, the site's key and ``node_config`` (``dataset``, ``work-dir``, ...),
+  the site worker (:mod:`cardiofm.federated.site_worker`: torch and the model code loaded once, not per
+  message) and the SuperNode with TLS, the site's key and ``node_config`` (``dataset``, ``work-dir``, ...),
   returns when the ClientApp marks the run finished (after a grace period so the last reply is
   delivered), and raises if the SuperNode dies (TLS or key refused, proxy 403), if it refused an
   app bundle, or on timeout. It never hangs: the SuperNode's whole process session is killed on
@@ -39,12 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from cardiofm.contracts.coordinator import SiteJoinParams
+from cardiofm.contracts.federated_run import SiteNodeConfig
 from cardiofm.errors import (
     ConfigError,
     ExternalToolError,
     FederationTimeoutError,
     UntrustedAppError,
 )
+from cardiofm.federated.site_worker import start_worker, stop_worker
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +242,11 @@ def node_config_for(params: SiteJoinParams) -> dict[str, str | int | float | boo
     }
 
 
-def supernode_command(params: SiteJoinParams) -> list[str]:
-    """The launcher command line (this interpreter, FAB pins, then ``flower-supernode`` arguments)."""
+def supernode_command(params: SiteJoinParams, worker: Mapping[str, str] | None = None) -> list[str]:
+    """The launcher command line (this interpreter, FAB pins, then ``flower-supernode`` arguments).
+
+    ``worker``: the ``node_config`` entries naming the site worker (:func:`.site_worker.start_worker`).
+    """
     from cardiofm.federated.flwr_cli import format_config
 
     cmd = [sys.executable, "-m", "cardiofm.federated.supernode"]
@@ -254,7 +260,7 @@ def supernode_command(params: SiteJoinParams) -> list[str]:
             raise ConfigError("a TLS join needs the CA certificate and the site private key (see params.check)")
         cmd += ["--root-certificates", str(params.ca_cert.resolve())]
         cmd += ["--auth-supernode-private-key", str(params.private_key.resolve())]
-    cmd += ["--node-config", format_config(node_config_for(params))]
+    cmd += ["--node-config", format_config({**node_config_for(params), **(worker or {})})]
     return cmd
 
 
@@ -333,10 +339,12 @@ def join(params: SiteJoinParams, poll_s: float = 0.5) -> JoinResult:
     marker = params.work_dir / DONE_MARKER_NAME
     marker.unlink(missing_ok=True)
     log_file = params.work_dir / LOG_NAME
-    cmd = supernode_command(params)
     started = time.monotonic()
     restore = exit_on_signals()
+    # torch and the model code load once, in the worker, while the SuperNode connects (not once per message)
+    worker, worker_config = start_worker(SiteNodeConfig(dataset=params.dataset, work_dir=params.work_dir))
     try:
+        cmd = supernode_command(params, worker_config)
         with log_file.open("ab") as out:
             child = subprocess.Popen(
                 cmd,
@@ -347,6 +355,7 @@ def join(params: SiteJoinParams, poll_s: float = 0.5) -> JoinResult:
                 start_new_session=True,
             )
     except BaseException:
+        stop_worker(worker)
         restore()
         raise
     try:
@@ -379,6 +388,7 @@ def join(params: SiteJoinParams, poll_s: float = 0.5) -> JoinResult:
             time.sleep(min(poll_s, params.grace_s))
     finally:
         _kill_session(child)
+        stop_worker(worker)
         restore()
     try:
         run_id = json.loads(marker.read_text()).get("run_id")

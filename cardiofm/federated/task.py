@@ -29,7 +29,6 @@ from typing import Final, get_args
 import torch
 from pydantic import ValidationError
 
-from cardiofm import __version__
 from cardiofm.constants import DOWNSTREAM_TASKS, TASK_LANDMARKS
 from cardiofm.contracts.federated_run import TEACHER_PREFIX, FederatedRunConfig, SiteNodeConfig
 from cardiofm.contracts.preprocessing import PreprocessingConfig
@@ -143,21 +142,6 @@ class StageSpec:
             ) from exc
         except (ValidationError, json.JSONDecodeError) as exc:
             raise ConfigError(f"the coordinator's stage settings are invalid: {exc}") from exc
-
-
-def check_version(run: FederatedRunConfig) -> None:
-    """Refuse a run built for another cardiofm version (app bundle and installed package must match).
-
-    Raises
-    ------
-    ConfigError
-        If ``cardiofm-version`` is set and differs from the installed version.
-    """
-    if run.cardiofm_version and run.cardiofm_version != __version__:
-        raise ConfigError(
-            f"the run was built for cardiofm {run.cardiofm_version}, this installation is {__version__}; "
-            "install the consortium's release here or rebuild the app bundle"
-        )
 
 
 def stage_spec(run: FederatedRunConfig, init: Checkpoint | None = None) -> StageSpec:

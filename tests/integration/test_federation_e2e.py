@@ -36,6 +36,7 @@ from cardiofm.contracts.federated_run import SiteNodeConfig
 from cardiofm.federated.fab import build_fab, write_app_dir
 from cardiofm.federated.flwr_cli import format_config
 from cardiofm.federated.progress import read_progress
+from cardiofm.federated.site_worker import start_worker, stop_worker
 from cardiofm.phantoms.federation import FederationSettings, generate_federation
 from cardiofm.pipeline.dag_runner import LocalAirflow, run_dag
 from cardiofm.pipeline.prepare import prepare_site
@@ -106,6 +107,8 @@ class Federation:
     superlink: subprocess.Popen[bytes] | None = None
     supernodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    #: Each SuperNode gets the site worker ``site join`` starts (torch loaded once, not per message).
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_superlink(self) -> None:
         cmd = [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -119,7 +122,11 @@ class Federation:
 
     def start_supernodes(self) -> None:
         for n, node in enumerate(self.sites):
+            worker, extra = start_worker(node, env=self.env)
+            self.workers.append(worker)
+            self.logs.append(node.work_dir / "worker" / "worker.log")
             node_config = f'dataset="{node.dataset}" work-dir="{node.work_dir}"'
+            node_config += "".join(f' {key}="{value}"' for key, value in extra.items())
             log = self.root / f"supernode-{n}.log"
             self.logs.append(log)
             cmd = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}"]
@@ -129,6 +136,8 @@ class Federation:
     def stop_all(self) -> None:
         for proc in [*reversed(self.supernodes), *([self.superlink] if self.superlink else [])]:
             stop(proc)
+        for worker in self.workers:
+            stop_worker(worker)
 
     def flwr(self, *args: str) -> dict[str, Any]:
         proc = subprocess.run(

@@ -9,23 +9,14 @@ import pytest
 from cardiofm.errors import MissingResourceError
 from cardiofm.federated.loopback import ChainSettings, train_local_teachers
 from cardiofm.training.checkpoint import load_checkpoint
-from tests.unit.training.dataset_helpers import vessel_case, write_dataset
+from tests.unit.training.dataset_helpers import calcification_site
 
 SETTINGS = ChainSettings(num_rounds=1, local_steps=2, spacing_mm=1.0, teacher_patch_vox=16)
 
 
-def _site(root: Path, name: str, cases: int) -> Path:
-    specs = []
-    for i in range(cases):
-        spec = vessel_case(f"{name}-case-{i}", shape=(16, 16, 16))
-        spec.masks = {"calcification": spec.masks["coronaries"]}
-        specs.append(spec)
-    return write_dataset(root / name, specs)
-
-
 def test_local_teachers_run_in_parallel_and_come_back_in_job_order(tmp_path: Path) -> None:
     jobs = [
-        ("calcification", name, _site(tmp_path, name, cases), tmp_path / "out" / name / "teacher-calcification.pt")
+        ("calcification", name, calcification_site(tmp_path, name, cases), tmp_path / name / "teacher.pt")
         for name, cases in (("site-a", 1), ("site-b", 2))
     ]
     paths = train_local_teachers(jobs, SETTINGS, workers=2)
@@ -37,6 +28,6 @@ def test_local_teachers_run_in_parallel_and_come_back_in_job_order(tmp_path: Pat
 
 
 def test_a_site_without_the_task_fails_with_the_clear_error(tmp_path: Path) -> None:
-    site = _site(tmp_path, "site-a", 1)
+    site = calcification_site(tmp_path, "site-a", 1)
     with pytest.raises(MissingResourceError, match="no training case labelled"):
         train_local_teachers([("septum", "site-a", site, tmp_path / "t.pt")], SETTINGS)

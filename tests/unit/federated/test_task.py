@@ -24,7 +24,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from cardiofm.constants import TASK_LANDMARKS
 from cardiofm.contracts.dataset import DatasetManifest, ManifestCase, SourceRef
-from cardiofm.contracts.federated_run import FederatedRunConfig, SiteNodeConfig
+from cardiofm.contracts.federated_run import FederatedRunConfig, SiteNodeConfig, check_version
 from cardiofm.contracts.preprocessing import PreprocessingConfig
 from cardiofm.errors import (
     CardioFMError,
@@ -304,7 +304,7 @@ def test_student_patch_and_version_checks() -> None:
     with pytest.raises(ConfigError, match="at least 64"):
         task.stage_spec(_run(stage="distill", **{"patch-size-vox": 32}))
     with pytest.raises(ConfigError, match=r"built for cardiofm 0\.0\.0"):
-        task.check_version(_run(**{"cardiofm-version": "0.0.0"}))
+        check_version(_run(**{"cardiofm-version": "0.0.0"}))
 
 
 def test_app_bundle_config_lists_every_run_key_and_points_at_the_installed_package() -> None:
@@ -314,7 +314,7 @@ def test_app_bundle_config_lists_every_run_key_and_points_at_the_installed_packa
     assert 'serverapp = "cardiofm.federated.server_app:app"' in text
     assert 'clientapp = "cardiofm.federated.client_app:app"' in text
     run = FederatedRunConfig.from_run_config({**defaults, "stage": "distill", "out-dir": "/srv/runs"})
-    task.check_version(run)
+    check_version(run)
 
 
 def test_client_errors_leave_the_site_without_case_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

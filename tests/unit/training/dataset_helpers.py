@@ -67,3 +67,13 @@ def vessel_case(case_id: str, shape: tuple[int, int, int] = (32, 32, 32), spacin
         heart[width * (label - 1) : width * label, 4:-4, 4:-4] = label
     grid = Grid(shape, (spacing_mm,) * 3, (0.0, 0.0, 0.0))
     return CaseSpec(case_id, hu, grid, heart, {"coronaries": vessel})
+
+
+def calcification_site(root: Path, name: str, cases: int) -> Path:
+    """A site dataset of ``cases`` 16³ vessel cases whose tube is labelled as calcification (a teacher task)."""
+    specs = []
+    for i in range(cases):
+        spec = vessel_case(f"{name}-case-{i}", shape=(16, 16, 16))
+        spec.masks = {"calcification": spec.masks["coronaries"]}
+        specs.append(spec)
+    return write_dataset(root / name, specs)
