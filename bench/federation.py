@@ -273,18 +273,20 @@ def _stock_app(parent: Any) -> Any:
 
 def _start_supernodes(port: int, sites: list[Any], env: dict[str, str], workers: bool) -> list[Any]:
     """One SuperNode per site (and, with ``workers``, the site worker ``site join`` starts beside it)."""
+    from cardiofm.federated.flwr_cli import format_config
     from cardiofm.federated.loopback import free_port
     from cardiofm.federated.site_worker import start_worker
 
     procs = []
     for node in sites:
-        node_config = f'dataset="{node.dataset}" work-dir="{node.work_dir}"'
+        node_config: dict[str, str | int | float | bool] = {"dataset": str(node.dataset)}
+        node_config["work-dir"] = str(node.work_dir)
         if workers:
             worker, extra = start_worker(node, env=env)
             procs.append(worker)
-            node_config += "".join(f' {key}="{value}"' for key, value in extra.items())
+            node_config.update(extra)
         cmd = [*_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}"]
-        cmd += ["--port", str(free_port()), "--node-config", node_config]
+        cmd += ["--port", str(free_port()), "--node-config", format_config(node_config)]
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         )

@@ -125,8 +125,7 @@ class Federation:
             worker, extra = start_worker(node, env=self.env)
             self.workers.append(worker)
             self.logs.append(node.work_dir / "worker" / "worker.log")
-            node_config = f'dataset="{node.dataset}" work-dir="{node.work_dir}"'
-            node_config += "".join(f' {key}="{value}"' for key, value in extra.items())
+            node_config = format_config({"dataset": str(node.dataset), "work-dir": str(node.work_dir), **extra})
             log = self.root / f"supernode-{n}.log"
             self.logs.append(log)
             cmd = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}"]
