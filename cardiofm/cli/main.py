@@ -8,7 +8,7 @@ import sys
 import typer
 
 from cardiofm import __version__
-from cardiofm.cli import coordinator, demo, phantoms, prepare, site, step, train
+from cardiofm.cli import coordinator, demo, measure, phantoms, prepare, site, step, train
 from cardiofm.errors import CardioFMError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("train")(train.train)
 app.command("pseudolabel")(train.pseudolabel)
 app.command("evaluate")(train.evaluate)
 app.command("demo")(demo.demo)
+app.command("measure")(measure.measure)
 
 
 def _version(value: bool) -> None:
