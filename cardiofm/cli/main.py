@@ -8,7 +8,7 @@ import sys
 import typer
 
 from cardiofm import __version__
-from cardiofm.cli import coordinator, demo, measure, phantoms, prepare, site, step, train
+from cardiofm.cli import coordinator, demo, measure, phantoms, prepare, send, site, step, train
 from cardiofm.errors import CardioFMError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("pseudolabel")(train.pseudolabel)
 app.command("evaluate")(train.evaluate)
 app.command("demo")(demo.demo)
 app.command("measure")(measure.measure)
+app.command("send")(send.send)
 
 
 def _version(value: bool) -> None:

@@ -3,7 +3,9 @@
 MITK world coordinates are DICOM patient coordinates (LPS, mm). A point set stores points as integer ids only,
 so the reader keys points by ``str(id)`` and the site's label map (e.g. the ``"numeric"`` or ``"zero_based"``
 convention) gives them canonical names. The file's ``Geometry3D`` (index-to-world matrix and offset) is applied,
-as MITK does; the writer always writes an identity geometry, so stored coordinates are world coordinates.
+as MITK does. The writer writes an identity geometry (stored coordinates are world coordinates) unless it is
+given the image's :class:`~cardiofm.imaging.geometry.Grid`: then the geometry is the image's (matrix = direction
+times spacing, offset = origin) and the stored coordinates are continuous voxel indices on that grid.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cardiofm.imaging.geometry import FloatArray
+from cardiofm.imaging.geometry import FloatArray, Grid
 from cardiofm.labels.formats._common import (
     PointsLike,
     RawPoint,
@@ -35,7 +37,9 @@ _DTD_PATTERN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _RESAVE = "re-save the point set from MITK (File > Save) or fix the file"
 
 
-def write_mps(path: Path | str, points: PointsLike, id_of: Mapping[str, int] | None = None) -> Path:
+def write_mps(
+    path: Path | str, points: PointsLike, id_of: Mapping[str, int] | None = None, geometry: Grid | None = None
+) -> Path:
     """Write a single-time-step MITK point set.
 
     Parameters
@@ -48,6 +52,9 @@ def write_mps(path: Path | str, points: PointsLike, id_of: Mapping[str, int] | N
     id_of:
         Integer point id of each label. Default: the label itself read as an integer (``"3"`` → id 3), which
         suits the ``"numeric"`` and ``"zero_based"`` conventions.
+    geometry:
+        The grid of the image the points belong to: written as the point set's ``Geometry3D`` (MITK then shows
+        the image's geometry), with the points stored as voxel indices on it. Default: identity geometry.
 
     Returns
     -------
@@ -73,14 +80,22 @@ def write_mps(path: Path | str, points: PointsLike, id_of: Mapping[str, int] | N
     ET.SubElement(root, "file_version").text = _FILE_VERSION
     series = ET.SubElement(ET.SubElement(root, "point_set"), "time_series")
     ET.SubElement(series, "time_series_id").text = "0"
-    geometry = ET.SubElement(series, "Geometry3D", ImageGeometry="false", FrameOfReferenceID="0")
-    matrix = {f"m_{r}_{c}": ("1" if r == c else "0") for r in range(3) for c in range(3)}
-    ET.SubElement(geometry, "IndexToWorld", {"type": "Matrix3x3", **matrix})
-    ET.SubElement(geometry, "Offset", type="Vector3D", x="0", y="0", z="0")
+    geometry_el = ET.SubElement(series, "Geometry3D", ImageGeometry="false", FrameOfReferenceID="0")
     coords = np.array([xyz for _, xyz in entries], dtype=np.float64).reshape(-1, 3)
+    if geometry is None:
+        matrix = {f"m_{r}_{c}": ("1" if r == c else "0") for r in range(3) for c in range(3)}
+        offset = {"x": "0", "y": "0", "z": "0"}
+    else:
+        index_to_world = geometry.affine_lps
+        matrix = {f"m_{r}_{c}": format_float(index_to_world[r, c]) for r in range(3) for c in range(3)}
+        offset = {a: format_float(v) for a, v in zip("xyz", geometry.origin_lps_mm, strict=True)}
+        coords = geometry.lps_to_index(coords).reshape(-1, 3)
+        entries = [(pid, to_point3(local)) for (pid, _), local in zip(entries, coords, strict=True)]
+    ET.SubElement(geometry_el, "IndexToWorld", {"type": "Matrix3x3", **matrix})
+    ET.SubElement(geometry_el, "Offset", {"type": "Vector3D", **offset})
     lo = coords.min(axis=0) if len(coords) else np.zeros(3)
     hi = coords.max(axis=0) if len(coords) else np.zeros(3)
-    bounds = ET.SubElement(geometry, "Bounds")
+    bounds = ET.SubElement(geometry_el, "Bounds")
     for tag, corner in (("Min", lo), ("Max", hi)):
         ET.SubElement(
             bounds, tag, {"type": "Vector3D", **{a: format_float(v) for a, v in zip("xyz", corner, strict=True)}}
