@@ -59,6 +59,7 @@ from cardiofm.federated.progress import append_entry, round_entry
 from cardiofm.federated.strategy import PartialLabelStrategy, build_strategy
 from cardiofm.federated.streaming import DelegatingGrid, StreamingGrid
 from cardiofm.models.registry import BACKBONE, build_model
+from cardiofm.release.stage import release_after_stage
 from cardiofm.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -565,6 +566,8 @@ def _run_stage(grid: Grid, run: FederatedRunConfig, out: Path, summary: dict[str
         _log_rounds(summary["rounds"])
     final = checkpoints.state
     save_checkpoint(out / "global.pt", checkpoints.model, spec.model, spec.train, [])
+    if run.stage_kind == "finetune":  # the federation's final model: its release folder beside global.pt
+        summary["release"] = release_after_stage(out / "global.pt", summary.get("rounds", [])).name
     saved = broadcast(recorder, _query("save-model", spec, final), MessageType.QUERY, FINAL_MESSAGE_TIMEOUT_S)
     shutdown = broadcast(recorder, _query("shutdown", spec, None), MessageType.QUERY, FINAL_MESSAGE_TIMEOUT_S)
     if run.stage_kind == "evaluate":

@@ -95,7 +95,11 @@ def load_image(case_dir: Path, pre: PreprocessingConfig) -> tuple[F32, Grid]:
     are all placed on this grid.
     """
     data, grid = load_nifti(case_dir / "image.nii.gz", float32=True)
-    hu = np.asarray(data, dtype=np.float32)
+    return on_training_grid(np.asarray(data, dtype=np.float32), grid, pre)
+
+
+def on_training_grid(hu: F32, grid: Grid, pre: PreprocessingConfig) -> tuple[F32, Grid]:
+    """``hu`` (on ``grid``) on its training grid: canonical axis order, the training spacing (linear interpolation)."""
     canonical = canonical_grid(grid)
     if canonical == grid and all(abs(s - pre.spacing_mm) < 1e-3 for s in grid.spacing_mm):
         return hu, grid
