@@ -61,7 +61,8 @@ class CropHeartParams(StepParams):
     spacing_mm: float = Field(default=1.0, gt=0.2, le=5.0)
     #: Interpreter of the segmenter environment (TotalSegmentator); None: this interpreter.
     segmenter_python: str | None = None
-    device: Literal["cpu", "cuda"] = "cpu"
+    #: Where TotalSegmentator runs; ``auto``: the GPU when CUDA works in the segmenter environment.
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
     timeout_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
 
 

@@ -454,8 +454,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("input", type=Path, help="CT NIfTI (HU)")
     parser.add_argument("output", type=Path, help="heart mask NIfTI to write (uint8, input grid)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), gpu, gpu:N or mps")
+    parser.add_argument("--device", default="cpu", help="cpu (default), gpu, gpu:N, mps, or auto (gpu if CUDA works)")
     args = parser.parse_args(argv)
+    if args.device == "auto":
+        import torch
+
+        args.device = "gpu" if torch.cuda.is_available() else "cpu"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         segment_heart_totalseg(args.input, args.output, device=args.device)

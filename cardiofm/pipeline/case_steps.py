@@ -129,7 +129,10 @@ def _segment(
     from cardiofm.imaging.totalseg import run_in_segmenter_venv
 
     python = Path(params.segmenter_python) if params.segmenter_python else Path(sys.executable)
-    mask_path = run_in_segmenter_venv(python, image_path, work / "heart_totalseg.nii.gz", params.timeout_s)
+    device = {"cuda": "gpu", "cpu": "cpu", "auto": "auto"}[params.device]
+    mask_path = run_in_segmenter_venv(
+        python, image_path, work / "heart_totalseg.nii.gz", params.timeout_s, device=device
+    )
     mask, _ = load_nifti(mask_path)
     mask_path.unlink(missing_ok=True)
     return np.asarray(mask)
