@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cardiofm.cli.pacs_options import CALLED_AE, CALLING_AE, DICOMWEB_URL, DIMSE, PACS_PASSWORD_ENV, PACS_USER
+
 
 def prepare(
     site_dir: Path = typer.Option(..., "--site-dir", help="The site folder (its site.yaml, pacs/ and annotations)."),
@@ -23,15 +25,11 @@ def prepare(
     spacing_mm: float = typer.Option(1.0, "--spacing-mm", help="Isotropic spacing of the heart crop, mm."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the frozen train/test split."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of cases in the test split."),
-    dicomweb_url: str | None = typer.Option(
-        None, "--dicomweb-url", help="Read studies from a DICOMweb PACS (QIDO-RS/WADO-RS) instead of the site folder."
-    ),
-    dimse: str | None = typer.Option(
-        None, "--dimse", help="Read studies from a DIMSE PACS at HOST:PORT (C-FIND, then C-GET or C-MOVE)."
-    ),
+    dicomweb_url: str | None = DICOMWEB_URL,
+    dimse: str | None = DIMSE,
     dimse_mode: str = typer.Option("c-get", "--dimse-mode", help="c-get, or c-move (the PACS connects back)."),
-    called_ae: str = typer.Option("ORTHANC", "--called-ae", help="AE title of the DIMSE PACS."),
-    calling_ae: str = typer.Option("CARDIOFM", "--calling-ae", help="Our AE title (must be registered at the PACS)."),
+    called_ae: str = CALLED_AE,
+    calling_ae: str = CALLING_AE,
     move_ae: str | None = typer.Option(
         None, "--move-ae", help="C-MOVE destination AE title, as registered at the PACS (default: --calling-ae)."
     ),
@@ -41,10 +39,8 @@ def prepare(
     listen_address: str = typer.Option(
         "0.0.0.0", "--listen-address", help="C-MOVE: local address to receive on (the PACS must reach it)."
     ),
-    pacs_user: str | None = typer.Option(None, "--pacs-user", help="DICOMweb user name."),
-    pacs_password_env: str = typer.Option(
-        "CARDIOFM_PACS_PASSWORD", "--pacs-password-env", help="Environment variable holding the DICOMweb password."
-    ),
+    pacs_user: str | None = PACS_USER,
+    pacs_password_env: str = PACS_PASSWORD_ENV,
 ) -> None:
     """Select, convert, crop and label every study of one site; write the site dataset."""
     import os

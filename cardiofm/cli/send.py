@@ -6,19 +6,17 @@ from pathlib import Path
 
 import typer
 
+from cardiofm.cli.pacs_options import CALLED_AE, CALLING_AE, DICOMWEB_URL, DIMSE, PACS_PASSWORD_ENV, PACS_USER
+
 
 def send(
     inputs: list[Path] = typer.Argument(..., help="DICOM files, or folders whose files are all sent."),
-    dicomweb_url: str | None = typer.Option(
-        None, "--dicomweb-url", help="Send to a DICOMweb PACS (STOW-RS) at this base URL."
-    ),
-    dimse: str | None = typer.Option(None, "--dimse", help="Send to a DIMSE PACS at HOST:PORT (C-STORE)."),
-    called_ae: str = typer.Option("ORTHANC", "--called-ae", help="AE title of the DIMSE PACS."),
-    calling_ae: str = typer.Option("CARDIOFM", "--calling-ae", help="Our AE title (must be registered at the PACS)."),
-    pacs_user: str | None = typer.Option(None, "--pacs-user", help="DICOMweb user name."),
-    pacs_password_env: str = typer.Option(
-        "CARDIOFM_PACS_PASSWORD", "--pacs-password-env", help="Environment variable holding the DICOMweb password."
-    ),
+    dicomweb_url: str | None = DICOMWEB_URL,
+    dimse: str | None = DIMSE,
+    called_ae: str = CALLED_AE,
+    calling_ae: str = CALLING_AE,
+    pacs_user: str | None = PACS_USER,
+    pacs_password_env: str = PACS_PASSWORD_ENV,
 ) -> None:
     """Send DICOM files to a PACS; the PACS options are those of cardiofm prepare."""
     import os
