@@ -32,6 +32,32 @@ WORK_DIR = {
     "default": "cardiofm/federation",
 }
 
+#: The PACS a DAG reads from (and the predict DAG stores its results in); fields of ``PacsParams``.
+PACS_FIELDS: dict[str, dict[str, Any]] = {
+    "dicomweb_url": {
+        "title": "DICOMweb URL of the PACS",
+        "description": "Read the studies over DICOMweb (QIDO-RS/WADO-RS). Empty: DIMSE, or the site folder.",
+        "type": "string",
+        "default": "",
+    },
+    "pacs_user": {"title": "DICOMweb user", "type": "string", "default": ""},
+    "pacs_password_env": {
+        "title": "Variable holding the DICOMweb password",
+        "description": "In Kaapana the 'password' of the cardiofm-pacs Secret arrives as CARDIOFM_PACS_PASSWORD.",
+        "type": "string",
+        "default": "CARDIOFM_PACS_PASSWORD",
+    },
+    "dimse": {
+        "title": "DIMSE PACS (host:port)",
+        "description": "Read the studies over DIMSE (C-FIND, then C-GET or C-MOVE) instead of DICOMweb.",
+        "type": "string",
+        "default": "",
+    },
+    "dimse_mode": {"title": "DIMSE retrieval", "type": "string", "enum": ["c-get", "c-move"], "default": "c-get"},
+    "called_ae": {"title": "PACS AE title", "type": "string", "default": "ORTHANC"},
+    "calling_ae": {"title": "Our AE title", "type": "string", "default": "CARDIOFM"},
+}
+
 
 def workflow_form(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
     """Kaapana's ``ui_forms`` for a DAG: the workflow form, and no dataset picker (the DAG reads the PACS)."""

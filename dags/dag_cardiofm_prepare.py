@@ -7,35 +7,14 @@ An Airflow DAG (Kaapana's Workflow Execution); each task runs one cardiofm step.
 
 from __future__ import annotations
 
-from cardiofm_forms import DATASET_DIR, SITE_CONFIG, cardiofm_dag, workflow_form
+from cardiofm_forms import DATASET_DIR, PACS_FIELDS, SITE_CONFIG, cardiofm_dag, workflow_form
 from cardiofm_operators import step_task
 
 FORM = workflow_form(
     {
         "site_config": SITE_CONFIG,
         "dataset_dir": DATASET_DIR,
-        "dicomweb_url": {
-            "title": "DICOMweb URL of the PACS",
-            "description": "Read the studies over DICOMweb (QIDO-RS/WADO-RS). Empty: DIMSE, or the site folder.",
-            "type": "string",
-            "default": "",
-        },
-        "pacs_user": {"title": "DICOMweb user", "type": "string", "default": ""},
-        "pacs_password_env": {
-            "title": "Variable holding the DICOMweb password",
-            "description": "In Kaapana the 'password' of the cardiofm-pacs Secret arrives as CARDIOFM_PACS_PASSWORD.",
-            "type": "string",
-            "default": "CARDIOFM_PACS_PASSWORD",
-        },
-        "dimse": {
-            "title": "DIMSE PACS (host:port)",
-            "description": "Read the studies over DIMSE (C-FIND, then C-GET or C-MOVE) instead of DICOMweb.",
-            "type": "string",
-            "default": "",
-        },
-        "dimse_mode": {"title": "DIMSE retrieval", "type": "string", "enum": ["c-get", "c-move"], "default": "c-get"},
-        "called_ae": {"title": "PACS AE title", "type": "string", "default": "ORTHANC"},
-        "calling_ae": {"title": "Our AE title", "type": "string", "default": "CARDIOFM"},
+        **PACS_FIELDS,
         "segmenter": {
             "title": "Heart segmenter",
             "type": "string",

@@ -1,5 +1,6 @@
 # cardiofm-processing: the light core package (no torch, no extras). Kaapana runs the steps stage-studies,
-# select-series, convert, import-labels, build-dataset and prepare-report in it; the step is named by
+# select-series, convert, import-labels, build-dataset, prepare-report, and the predict DAG's stage-series,
+# export-dicom and send-results in it; the step is named by
 # $CARDIOFM_STEP (Kaapana passes no command or arguments to the pod). dcm2niix comes from its pinned wheel.
 #
 #   docker build -f docker/processing.Dockerfile -t <registry>/cardiofm-processing:<version> .

@@ -1,5 +1,6 @@
 # cardiofm-trainer: CUDA torch + MONAI + Flower. Kaapana runs the steps site-join (the site's Flower
-# SuperNode, which runs the ClientApp's training rounds) and site-pseudolabel in it, named by $CARDIOFM_STEP.
+# SuperNode, which runs the ClientApp's training rounds), site-pseudolabel, train-local, predict and measure
+# (its report.png needs the report extra) in it, named by $CARDIOFM_STEP.
 #
 #   docker build -f docker/trainer.Dockerfile -t <registry>/cardiofm-trainer:<version> .
 #
@@ -26,7 +27,7 @@ WORKDIR /src
 RUN /opt/venv/bin/pip install --no-cache-dir torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY cardiofm ./cardiofm
-RUN /opt/venv/bin/pip install --no-cache-dir ".[train,federated]" \
+RUN /opt/venv/bin/pip install --no-cache-dir ".[train,federated,report]" \
     && /opt/venv/bin/pip check
 
 FROM nvidia/cuda:13.0.0-runtime-ubuntu24.04

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from cardiofm import __version__
-from cardiofm.cli import coordinator, demo, measure, phantoms, prepare, send, site, step, train
+from cardiofm.cli import coordinator, demo, measure, phantoms, predict, prepare, send, site, step, train
 from cardiofm.errors import CardioFMError
 
 app = typer.Typer(
@@ -27,8 +27,9 @@ app.command("train")(train.train)
 app.command("pseudolabel")(train.pseudolabel)
 app.command("evaluate")(train.evaluate)
 app.command("demo")(demo.demo)
-app.command("measure")(measure.measure)
 app.command("send")(send.send)
+app.command("measure")(measure.measure)
+app.command("predict")(predict.predict)
 
 
 def _version(value: bool) -> None:

@@ -60,6 +60,10 @@ def _batch_step(name: str) -> Callable[[Mapping[str, str]], int]:
         params = STEPS[name].from_env(env)
         if name == "stage-studies":
             summary = stage_studies(ctx, params, env)  # type: ignore[arg-type]
+        elif name == "stage-series":
+            from cardiofm.pipeline.stage_series import stage_series
+
+            summary = stage_series(ctx, params, env)  # type: ignore[arg-type]
         elif name == "build-dataset":
             summary, _ = build_dataset(ctx, params)  # type: ignore[arg-type]
         elif name == "prepare-report":
@@ -68,17 +72,37 @@ def _batch_step(name: str) -> Callable[[Mapping[str, str]], int]:
             typer.echo(f"{name}: {result.studies_in} in = {result.prepared} prepared + {n_q} quarantined")
             return result.exit_code()
         else:
-            work = {
+            prepare_work = {
                 "select-series": case_steps.select_case,
                 "convert": case_steps.convert_case,
                 "crop-heart": case_steps.crop_case,
                 "import-labels": labels_step.import_labels_case,
-            }[name]
+            }
+            if name == "send-results" and params.kind == "folder":  # type: ignore[attr-defined]
+                from cardiofm.errors import NothingToDoError
+
+                raise NothingToDoError(
+                    "send-results: no PACS to store into (DICOMWEB_URL or DIMSE); the results stay in the run's folders"
+                )
+            work = prepare_work[name] if name in prepare_work else _predict_work(name)
             summary = run_batch(ctx, params, work)  # type: ignore[arg-type]
         typer.echo(f"{name}: {summary.total} in, {len(summary.done)} done, {len(summary.quarantined)} quarantined")
         return summary.exit_code()
 
     return run
+
+
+def _predict_work(name: str) -> Callable[..., list[str]]:
+    """The per-series work of a predict-chain step (imported only for those steps: predict needs torch)."""
+    from cardiofm.prediction import chain
+
+    work: dict[str, Callable[..., list[str]]] = {
+        "predict": chain.predict_case,
+        "measure": chain.measure_case,
+        "export-dicom": chain.export_dicom_case,
+        "send-results": chain.send_results_case,
+    }
+    return work[name]
 
 
 def _site_pseudolabel(env: Mapping[str, str]) -> int:

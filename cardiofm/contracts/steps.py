@@ -14,6 +14,7 @@ from pydantic import Field
 from cardiofm.contracts.coordinator import SiteJoinParams, SitePseudolabelParams
 from cardiofm.contracts.env import ImageProfile, StepParams
 from cardiofm.contracts.pacs import PacsParams
+from cardiofm.contracts.predict import PREDICT_STEPS, StageSeriesParams
 from cardiofm.contracts.selection import SeriesRules
 
 __all__ = ["STEPS", "ImageProfile", "StepParams"]
@@ -133,5 +134,12 @@ PREPARE_CHAIN: tuple[type[StepParams], ...] = (
 )
 
 #: Every step ``cardiofm step <name>`` runs, by name.
-_ALL: tuple[type[StepParams], ...] = (*PREPARE_CHAIN, SitePseudolabelParams, SiteJoinParams, TrainLocalParams)
+_ALL: tuple[type[StepParams], ...] = (
+    *PREPARE_CHAIN,
+    SitePseudolabelParams,
+    SiteJoinParams,
+    TrainLocalParams,
+    StageSeriesParams,
+    *PREDICT_STEPS,
+)
 STEPS: dict[str, type[StepParams]] = {p.step: p for p in _ALL}

@@ -19,10 +19,21 @@ from cardiofm.contracts.steps import STEPS
 from cardiofm.errors import ConfigError
 from cardiofm_operators.step_operator_env import INSTALL_TIME_SETTINGS, STEP_VAR, fixed_env, form_env
 
-DAG_IDS = {"cardiofm-prepare", "cardiofm-pseudolabel", "cardiofm-federated-join", "cardiofm-train-local"}
+DAG_IDS = {
+    "cardiofm-prepare",
+    "cardiofm-pseudolabel",
+    "cardiofm-federated-join",
+    "cardiofm-train-local",
+    "cardiofm-predict",
+}
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 #: Values for required form fields without a default, or left to install-time settings (what an admin gives).
-EXAMPLES = {"superlink": "coordinator.example.org:9443", "pinned_fab_sha256": ["ab" * 32]}
+#: Values for empty form fields: install-time settings an admin gives, and what a user must enter (no default).
+EXAMPLES = {
+    "superlink": "coordinator.example.org:9443",
+    "pinned_fab_sha256": ["ab" * 32],
+    "series_uids": ["1.2.826.0.1.3680043.8.498.1"],
+}
 JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
     "number": (int, float),

@@ -63,6 +63,7 @@ def test_installed_dags_import_with_nothing_else_on_the_path(installed: Path, tm
     assert result["errors"] == {}, json.dumps(result["errors"])[-3000:]
     assert result["dags"] == [
         "cardiofm-federated-join",
+        "cardiofm-predict",
         "cardiofm-prepare",
         "cardiofm-pseudolabel",
         "cardiofm-train-local",

@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trained_teacher import SPACING_MM, Trained
 
 from cardiofm.constants import TASK_LANDMARKS
 from cardiofm.contracts.dataset import ManifestCase
 from cardiofm.contracts.preprocessing import PreprocessingConfig
 from cardiofm.errors import InputDataError
 from cardiofm.evaluation.evaluate import Truth, dataset_truth, evaluate_dataset
-from cardiofm.models.config import ModelConfig, default_heads
-from cardiofm.phantoms.federation import FederationSettings, generate_federation
-from cardiofm.pipeline.prepare import prepare_site
+from cardiofm.models.config import ModelConfig
 from cardiofm.training.checkpoint import load_checkpoint
 from cardiofm.training.config import TrainConfig
 from cardiofm.training.data import load_manifest
@@ -29,7 +28,6 @@ from cardiofm.training.trainer import TrainResult, load_training_samples, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SPACING_MM = 2.0
 #: At 400 steps NCC (the teacher's least certain landmark) stayed below the background in 2 of 4 seeds; at 600
 #: every seed tried found all five within the bound
 STUDENT_STEPS = 600
@@ -37,40 +35,6 @@ STUDENT_STEPS = 600
 #: lands 0.1-0.3 mm from the truth, and its own point moves by up to 0.15 mm between the two decoders, so
 #: "2x of 0.08 mm" would compare numerical noise, not what the student learnt.
 RESOLUTION_FLOOR_MM = SPACING_MM / 2
-
-
-@dataclass
-class Trained:
-    dataset: Path
-    case_id: str
-    result: TrainResult
-    config: TrainConfig
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    root = tmp_path_factory.mktemp("learning")
-    record = generate_federation(
-        root / "fed", FederationSettings(sites=1, cases_per_site=2, seed=4, held_out_sites=0, series_per_study=1)
-    )
-    prepared = prepare_site(root / "fed" / record.sites[0].folder, root / "ds", test_fraction=0.0)
-    assert prepared.prepared == 2
-    cfg = TrainConfig(
-        tasks=("landmarks",),
-        steps=1000,
-        batch_size=2,
-        patch_size=(32, 32, 32),
-        learning_rate=3e-3,
-        augment=False,
-        foreground_fraction=0.9,
-        preprocessing=PreprocessingConfig(spacing_mm=SPACING_MM),
-        seed=1,
-    )
-    samples = load_training_samples([root / "ds"], cfg)
-    one = [s for s in samples if s.targets][:1]  # overfit a single phantom
-    model_cfg = ModelConfig(name="resunet-teacher", heads=default_heads("landmarks"), filters=(8, 16, 32, 64))
-    result = train(one, cfg, model_cfg, root / "teacher.pt")
-    return Trained(root / "ds", one[0].case_id, result, cfg)
 
 
 def test_loss_falls(trained: Trained) -> None:

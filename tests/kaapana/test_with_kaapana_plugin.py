@@ -43,12 +43,22 @@ DAG_TASKS = {
     "cardiofm-pseudolabel": [("site-pseudolabel", "trainer")],
     "cardiofm-federated-join": [("site-join", "trainer")],
     "cardiofm-train-local": [("train-local", "trainer")],
+    "cardiofm-predict": [
+        ("stage-series", "processing"),
+        ("convert", "processing"),
+        ("crop-heart", "segmenter"),
+        ("predict", "trainer"),
+        ("measure", "trainer"),
+        ("export-dicom", "processing"),
+        ("send-results", "processing"),
+    ],
 }
 DAG_FILES = {
     "cardiofm-prepare": "dag_cardiofm_prepare.py",
     "cardiofm-pseudolabel": "dag_cardiofm_pseudolabel.py",
     "cardiofm-federated-join": "dag_cardiofm_federated_join.py",
     "cardiofm-train-local": "dag_cardiofm_train_local.py",
+    "cardiofm-predict": "dag_cardiofm_predict.py",
 }
 TASKS = [(dag_id, task_id, profile) for dag_id, tasks in DAG_TASKS.items() for task_id, profile in tasks]
 #: Values an admin gives for form fields left empty for the extension's install-time settings.

@@ -1,0 +1,1 @@
+"""Prediction for a clinician: a CT in, landmarks, calcification, TAVI measurements and exports out."""
