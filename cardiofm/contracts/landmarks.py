@@ -27,10 +27,15 @@ class LandmarksFile(BaseModel):
     @field_validator("points")
     @classmethod
     def _canonical_finite(cls, points: dict[str, Point3]) -> dict[str, Point3]:
-        unknown = sorted(set(points) - set(LANDMARK_NAMES))
-        if unknown:
-            raise ValueError(f"unknown landmark name(s) {unknown}; expected a subset of {list(LANDMARK_NAMES)}")
-        for name, xyz in points.items():
-            if not all(math.isfinite(v) for v in xyz):
-                raise ValueError(f"landmark {name} has a non-finite coordinate {xyz}")
-        return {name: points[name] for name in LANDMARK_NAMES if name in points}
+        return canonical_points(points)
+
+
+def canonical_points(points: dict[str, Point3]) -> dict[str, Point3]:
+    """``points`` in canonical order; ValueError for a name that is not canonical or a non-finite coordinate."""
+    unknown = sorted(set(points) - set(LANDMARK_NAMES))
+    if unknown:
+        raise ValueError(f"unknown landmark name(s) {unknown}; expected a subset of {list(LANDMARK_NAMES)}")
+    for name, xyz in points.items():
+        if not all(math.isfinite(v) for v in xyz):
+            raise ValueError(f"landmark {name} has a non-finite coordinate {xyz}")
+    return {name: points[name] for name in LANDMARK_NAMES if name in points}

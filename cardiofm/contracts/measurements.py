@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cardiofm.constants import LANDMARK_NAMES
-from cardiofm.contracts.landmarks import Point3
+from cardiofm.contracts.landmarks import Point3, canonical_points
 
 #: Version tag of ``measurements.json``.
 MEASUREMENTS_SCHEMA: str = "cardiofm.measurements/1"
@@ -48,13 +48,7 @@ class PredictedLandmarks(BaseModel):
     @field_validator("points")
     @classmethod
     def _canonical_finite(cls, points: dict[str, Point3]) -> dict[str, Point3]:
-        unknown = sorted(set(points) - set(LANDMARK_NAMES))
-        if unknown:
-            raise ValueError(f"unknown landmark name(s) {unknown}; expected a subset of {list(LANDMARK_NAMES)}")
-        for name, xyz in points.items():
-            if not all(math.isfinite(v) for v in xyz):
-                raise ValueError(f"landmark {name} has a non-finite coordinate {xyz}")
-        return {name: points[name] for name in LANDMARK_NAMES if name in points}
+        return canonical_points(points)
 
     @model_validator(mode="after")
     def _disjoint(self) -> PredictedLandmarks:

@@ -144,6 +144,19 @@ class Grid:
         hi = np.asarray(self.shape, dtype=np.float64) - 0.5 - margin
         return bool(np.all((idx >= lo) & (idx <= hi)))
 
+    def sub_grid(self, lo: npt.ArrayLike, hi: npt.ArrayLike) -> Grid:
+        """The grid of the voxels ``lo <= (i, j, k) < hi`` (integer index bounds): same spacing and direction."""
+        lo_i, hi_i = np.asarray(lo, dtype=int), np.asarray(hi, dtype=int)
+        if np.any(lo_i < 0) or np.any(hi_i > np.asarray(self.shape)) or np.any(hi_i <= lo_i):
+            raise ValueError(f"index box {lo_i.tolist()}..{hi_i.tolist()} is empty or outside the grid {self.shape}")
+        shape = hi_i - lo_i
+        return Grid(
+            shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+            spacing_mm=self.spacing_mm,
+            origin_lps_mm=as_point(self.index_to_lps(lo_i.astype(np.float64))),
+            direction=self.direction,
+        )
+
     def corners_lps(self) -> FloatArray:
         """LPS positions of the 8 corner voxel centres, shape ``(8, 3)``."""
         ni, nj, nk = (n - 1 for n in self.shape)

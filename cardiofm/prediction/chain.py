@@ -125,14 +125,7 @@ def subvolume(
     r = half_mm / np.asarray(grid.spacing_mm)
     lo = np.clip(np.floor(c - r).astype(int), 0, np.asarray(grid.shape) - 1)
     hi = np.clip(np.ceil(c + r).astype(int) + 1, lo + 1, np.asarray(grid.shape))
-    origin = grid.index_to_lps(lo.astype(float))
-    sub = Grid(
-        shape=(int(hi[0] - lo[0]), int(hi[1] - lo[1]), int(hi[2] - lo[2])),
-        spacing_mm=grid.spacing_mm,
-        origin_lps_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
-        direction=grid.direction,
-    )
-    return hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], sub
+    return hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], grid.sub_grid(lo, hi)
 
 
 def measure_and_report(

@@ -96,14 +96,7 @@ def _native_subgrid(native: Grid, region: Grid) -> tuple[tuple[slice, slice, sli
     hi = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 2, np.asarray(native.shape))
     if np.any(hi <= lo):
         return None
-    origin = native.index_to_lps(lo.astype(float))
-    sub = Grid(
-        shape=(int(hi[0] - lo[0]), int(hi[1] - lo[1]), int(hi[2] - lo[2])),
-        spacing_mm=native.spacing_mm,
-        origin_lps_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
-        direction=native.direction,
-    )
-    return (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2])), sub
+    return (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2])), native.sub_grid(lo, hi)
 
 
 def foreground_to_native(foreground: F32, grid: Grid, native: Grid, threshold: float = 0.5) -> U8:
