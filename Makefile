@@ -122,6 +122,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/prepare.py small 4
 	$(BIN)/python bench/prepare.py full 2
 	$(BIN)/python bench/train_throughput.py --model teacher
+	$(BIN)/python bench/predict.py --profile demo --size full --cts 3
 
 clean:
 	rm -rf $(VENV) .venvs demo-output .mypy_cache .ruff_cache .pytest_cache

@@ -75,6 +75,22 @@ def _pixel_steps(ds: Dataset, grid: Grid) -> tuple[FloatArray, FloatArray, Float
     return first, linear @ (row_spacing_mm * iop[3:]), linear @ (col_spacing_mm * iop[:3])
 
 
+def _plane_index(
+    first: int, per_row: int, per_col: int, rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """One axis' voxel index of every pixel of a frame, shaped to broadcast to ``(rows, cols)``.
+
+    Only the dimensions the axis varies along are materialised, so an axis-aligned frame reads a plane without
+    full-frame index arrays.
+    """
+    index = np.full((1, 1), first, dtype=np.int64)
+    if per_row:
+        index = index + rows[:, None] * per_row
+    if per_col:
+        index = index + cols[None, :] * per_col
+    return index
+
+
 def _frame(inside: npt.NDArray[np.bool_], grid: Grid, ds: Dataset) -> tuple[npt.NDArray[np.uint8], bool]:
     """The mask on one instance's pixels, and whether that needed resampling (or pixels lie outside the grid)."""
     first, per_row, per_col = _pixel_steps(ds, grid)
@@ -89,7 +105,7 @@ def _frame(inside: npt.NDArray[np.bool_], grid: Grid, ds: Dataset) -> tuple[npt.
     covered = bool(np.all((np.rint(corners) >= 0) & (np.rint(corners) <= np.asarray(grid.shape) - 1)))
     if exact and covered:  # the usual case: the same voxels, possibly flipped or reordered; copy them
         f, r, c = (np.rint(v).astype(np.int64) for v in (first, per_row, per_col))
-        ijk = [np.add.outer(rows * r[a], f[a] + cols * c[a]) for a in range(3)]
+        ijk = [_plane_index(int(f[a]), int(r[a]), int(c[a]), rows, cols) for a in range(3)]
         return inside[ijk[0], ijk[1], ijk[2]].astype(np.uint8), False
     # nearest neighbour; pixels outside the mask grid read 0
     nearest = [
