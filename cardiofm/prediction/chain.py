@@ -40,6 +40,10 @@ MEASUREMENTS_FILE = "measurements.json"
 REPORT_FILE = "report.png"
 SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
+VIEWER_FILES = ("landmarks.mps", "landmarks.mrk.json", "landmarks.csv")
+#: Every file a prediction writes: a new prediction into the same folder replaces them all (no stale mask or SR
+#: of an earlier model is left beside the new points).
+OUTPUT_FILES = (LANDMARKS_FILE, CALCIFICATION_FILE, MEASUREMENTS_FILE, REPORT_FILE, SEG_FILE, SR_FILE, *VIEWER_FILES)
 #: Half size of the region of the CT the report shows around the annulus, mm.
 REPORT_HALF_MM = 45.0
 

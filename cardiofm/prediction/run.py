@@ -23,7 +23,13 @@ from cardiofm.contracts.predict import DEFAULT_MIN_CONFIDENCE
 from cardiofm.contracts.steps import CropHeartParams
 from cardiofm.errors import ConfigError
 from cardiofm.imaging.nifti import load_nifti
-from cardiofm.prediction.chain import measure_and_report, models_for, write_dicom_exports, write_prediction
+from cardiofm.prediction.chain import (
+    OUTPUT_FILES,
+    measure_and_report,
+    models_for,
+    write_dicom_exports,
+    write_prediction,
+)
 from cardiofm.prediction.infer import NativePrediction, predict_native
 from cardiofm.prediction.inputs import CtInput, resolve_input
 
@@ -97,6 +103,11 @@ def predict_ct(request: PredictRequest) -> PredictOutcome:
     models = models_for(request.models)
     t = _stage(seconds, "load_models", t)
     request.out_dir.mkdir(parents=True, exist_ok=True)
+    stale = [request.out_dir / name for name in OUTPUT_FILES if (request.out_dir / name).exists()]
+    if stale:
+        logger.warning("replacing the earlier prediction in %s (%d files)", request.out_dir.name, len(stale))
+        for path in stale:
+            path.unlink()
     work = Path(tempfile.mkdtemp(prefix="cardiofm-predict-", dir=request.out_dir))
     try:
         ct = resolve_input(

@@ -383,6 +383,14 @@ def test_teacher_pseudolabel_distill_finetune_evaluate_over_loopback(federation:
     assert _sites_per_group(tuned) == [{"landmarks": landmark_holders, "coronaries": coronary_holders}] * 2
     tuned_model = load_checkpoint(fed.out_dir / f"run-{finetune_id}-finetune" / "global.pt").state_dict
     assert all(torch.equal(tuned_model[k], v) for k, v in student.items() if k.startswith("backbone."))
+    # the federation's final model as a release a clinic loads: the same weights, its card naming the heads
+    from cardiofm.release import load_release
+
+    release = fed.out_dir / f"run-{finetune_id}-finetune" / "release"
+    released = load_release(release).state_dict
+    assert released.keys() == tuned_model.keys()
+    assert all(torch.equal(released[k], v) for k, v in tuned_model.items())
+    assert "coronaries" in (release / "docs" / "MODEL_CARD.md").read_text()
     phase("finetune")
 
     final_ckpt = fed.out_dir / f"run-{finetune_id}-finetune" / "global.pt"

@@ -106,6 +106,10 @@ def test_from_the_dicom_series_the_points_land_on_the_truth_and_every_output_is_
 def test_from_the_nifti_the_points_are_the_same(case: Case, tmp_path: Path) -> None:
     files = sorted(p for p in case.series_dir.rglob("*") if p.is_file())
     convert_series(files, tmp_path / "nifti", name="ct")
+    # an earlier prediction in the same folder (with a SEG and SR from a DICOM input): replaced, not mixed in
+    (tmp_path / "o").mkdir()
+    for name in ("sr.dcm", "seg.dcm", "calcification.nii.gz"):
+        (tmp_path / "o" / name).write_bytes(b"earlier run")
     ok(
         predict(
             "--model", str(case.model), "--input", str(tmp_path / "nifti" / "ct.nii.gz"), "--out", str(tmp_path / "o")
@@ -115,7 +119,8 @@ def test_from_the_nifti_the_points_are_the_same(case: Case, tmp_path: Path) -> N
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(a[name], b[name], atol=1e-3)
-    assert not (tmp_path / "o" / "sr.dcm").exists()  # no DICOM source: no SR to reference it
+    for name in ("sr.dcm", "seg.dcm", "calcification.nii.gz"):  # no DICOM source, no mask head: none of these
+        assert not (tmp_path / "o" / name).exists(), name
 
 
 def test_from_the_pacs_with_the_release_the_points_are_the_same_and_the_sr_is_stored_back(
