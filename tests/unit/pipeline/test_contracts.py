@@ -11,6 +11,13 @@ from pydantic import Field, ValidationError
 
 from cardiofm.contracts.coordinator import SiteJoinParams, SitePseudolabelParams
 from cardiofm.contracts.kaapana import KaapanaContext
+from cardiofm.contracts.predict import (
+    ExportDicomParams,
+    MeasureParams,
+    PredictParams,
+    SendResultsParams,
+    StageSeriesParams,
+)
 from cardiofm.contracts.selection import SeriesRules
 from cardiofm.contracts.steps import (
     STEPS,
@@ -94,6 +101,18 @@ NON_DEFAULT: dict[str, StepParams] = {
         steps=17,
         run_config={"patch-size-vox": 96, "spacing-mm": 1.5, "teacher-filters": "8,16,32,64"},
     ),
+    "stage-series": StageSeriesParams(
+        series_uids=["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"],
+        dicom_folder="/data/dicom",
+        dicomweb_url="https://pacs.example.org/dicom-web",
+        pacs_user="cardiofm",
+    ),
+    "predict": PredictParams(
+        model=["/models/release", "/models/teacher-septum.pt"], native_dir="nifti", min_confidence=0.5, device="cpu"
+    ),
+    "measure": MeasureParams(native_dir="nifti", non_contrast=True),
+    "export-dicom": ExportDicomParams(dicom_dir="dicom", native_dir="nifti"),
+    "send-results": SendResultsParams(dimse="pacs.example.org:104", called_ae="PACS", calling_ae="CFM"),
 }
 
 #: The smallest valid environment of each step (its required fields only).
@@ -107,6 +126,11 @@ REQUIRED_ENV: dict[str, dict[str, str]] = {
     "prepare-report": {"DATASET_DIR": "/data/ds"},
     "site-pseudolabel": {"DATASET": "/data/ds", "WORK_DIR": "/data/work"},
     "train-local": {"DATASET": "/data/ds", "OUT": "/data/t.pt", "TASK": "landmarks"},
+    "stage-series": {"SERIES_UIDS": str(["1.2.826.0.1.3680043.8.498.1"])},
+    "predict": {"MODEL": str(["/models/release"])},
+    "measure": {},
+    "export-dicom": {},
+    "send-results": {},
     "site-join": {
         "SUPERLINK": "coordinator.example.org:9443",
         "DATASET": "/data/ds",
